@@ -1,0 +1,1 @@
+"""Secrets at rest (the credential vault) and API key minting and checking."""

@@ -1,0 +1,74 @@
+"""Workspaces and their API keys: mint, authenticate, bootstrap the default workspace."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.exc import IntegrityError
+
+from blueline import ids
+from blueline.errors import InvalidInput
+from blueline.persistence import queries
+from blueline.persistence.database import Database
+from blueline.persistence.models import ApiKey, Workspace
+from blueline.security import api_keys
+
+DEFAULT_WORKSPACE = "default"
+
+
+@dataclass(frozen=True)
+class Caller:
+    workspace_id: str
+    api_key_id: str
+
+
+def _check_name(name: str) -> str:
+    cleaned = name.strip()
+    if not cleaned or len(cleaned) > 128 or not cleaned.isprintable():
+        raise InvalidInput("workspace names are 1-128 printable characters")
+    return cleaned
+
+
+async def create_api_key(db: Database, workspace_name: str) -> str:
+    """Create the workspace if needed and mint a key for it; the key is returned once."""
+    name = _check_name(workspace_name)
+    for _ in range(2):
+        try:
+            async with db.transaction() as session:
+                workspace = await queries.workspace_by_name(session, name)
+                if workspace is None:
+                    workspace = Workspace(id=ids.new_id(ids.WORKSPACE), name=name)
+                    session.add(workspace)
+                    await session.flush()
+                key = api_keys.mint()
+                session.add(
+                    ApiKey(
+                        id=ids.new_id(ids.API_KEY),
+                        workspace_id=workspace.id,
+                        display_prefix=api_keys.display_prefix(key),
+                        key_hash=api_keys.digest(key),
+                    )
+                )
+            return key
+        except IntegrityError:
+            continue  # the workspace was created concurrently; use it
+    raise RuntimeError("could not create the API key")
+
+
+async def bootstrap_default_workspace(db: Database) -> str | None:
+    """On an empty database, create the ``default`` workspace and return its first key."""
+    async with db.session() as session:
+        if await queries.count_workspaces(session) > 0:
+            return None
+    return await create_api_key(db, DEFAULT_WORKSPACE)
+
+
+async def authenticate(db: Database, authorization: str | None) -> Caller | None:
+    key = api_keys.parse_bearer(authorization)
+    if key is None:
+        return None
+    async with db.session() as session:
+        found = await queries.api_key_by_hash(session, api_keys.digest(key))
+    if found is None:
+        return None
+    return Caller(workspace_id=found.workspace_id, api_key_id=found.id)

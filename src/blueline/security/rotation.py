@@ -1,0 +1,49 @@
+"""Re-encrypt every stored secret under the keyring's primary key."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlmodel import col
+
+from blueline.persistence.database import Database
+from blueline.persistence.models import IMessageSetup
+from blueline.provisioning.service import credentials_aad, webhook_secret_aad
+from blueline.security.vault import Vault
+
+_BATCH = 200
+
+
+async def rotate_all(db: Database, vault: Vault) -> int:
+    """Returns how many ciphertexts changed; running it again changes none."""
+    changed = 0
+    last_id = ""
+    while True:
+        async with db.transaction() as session:
+            setups = (
+                (
+                    await session.execute(
+                        select(IMessageSetup)
+                        .where(col(IMessageSetup.id) > last_id)
+                        .order_by(col(IMessageSetup.id))
+                        .limit(_BATCH)
+                        .with_for_update()
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if not setups:
+                return changed
+            for setup in setups:
+                last_id = setup.id
+                if setup.credentials_enc and not vault.is_current(setup.credentials_enc):
+                    setup.credentials_enc = vault.rotate(
+                        setup.credentials_enc, aad=credentials_aad(setup.id)
+                    )
+                    changed += 1
+                if setup.webhook_secret_enc and not vault.is_current(setup.webhook_secret_enc):
+                    setup.webhook_secret_enc = vault.rotate(
+                        setup.webhook_secret_enc, aad=webhook_secret_aad(setup.id)
+                    )
+                    changed += 1
+                session.add(setup)

@@ -1,0 +1,1 @@
+"""Provider webhooks: Standard Webhooks signatures and the intake route."""
