@@ -1,0 +1,1 @@
+"""Line events: the outbox written with each change, the relay, the bus and replay."""

@@ -1,0 +1,129 @@
+"""Event bus: in-process by default, Redis pub/sub across processes.
+
+Either way subscribers attach to the local :class:`Hub`. With Redis, each process
+holds one connection that pattern-subscribes to the per-workspace channels once at
+start-up, so a new subscriber never races its own SUBSCRIBE. When that connection
+drops and comes back, every local subscriber is told to re-read the event log, since
+pub/sub keeps nothing for a listener that was away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from blueline.events.hub import Hub, Signal
+from blueline.events.outbox import LineEvent
+
+logger = logging.getLogger(__name__)
+
+CHANNEL_PREFIX = "blueline:events:"
+
+
+class EventBus(Protocol):
+    hub: Hub
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def publish(self, event: LineEvent) -> None: ...
+
+    async def ping(self) -> None: ...
+
+
+class MemoryBus:
+    """Single process: publishing is delivering."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        self.hub.broadcast(Signal.CLOSED)
+
+    async def publish(self, event: LineEvent) -> None:
+        self.hub.deliver(event)
+
+    async def ping(self) -> None:
+        return None
+
+
+class RedisBus:
+    def __init__(self, url: str, hub: Hub, *, reconnect_max_s: float = 2.0) -> None:
+        self.hub = hub
+        self._url = url
+        self._redis: aioredis.Redis = aioredis.Redis.from_url(
+            url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10
+        )
+        self._reader: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+        self._reconnect_max_s = reconnect_max_s
+
+    def __repr__(self) -> str:
+        return "RedisBus()"
+
+    async def start(self) -> None:
+        self._reader = asyncio.create_task(self._read_forever(), name="blueline-bus-reader")
+        # Wait briefly for the first PSUBSCRIBE so events right after start-up arrive;
+        # if Redis is down the reader keeps trying and readiness reports it.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._listening.wait(), timeout=5)
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        self.hub.broadcast(Signal.CLOSED)
+        await self._redis.aclose()
+
+    async def publish(self, event: LineEvent) -> None:
+        await self._redis.publish(CHANNEL_PREFIX + event.workspace_id, event.to_message())
+
+    async def ping(self) -> None:
+        if not self._listening.is_set():
+            raise ConnectionError("the event bus is not listening")
+        await self._redis.ping()
+
+    async def _read_forever(self) -> None:
+        delay = 0.1
+        first = True
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.psubscribe(CHANNEL_PREFIX + "*")
+                self._listening.set()
+                if not first:
+                    # Messages published while we were away are gone: catch up from the log.
+                    self.hub.broadcast(Signal.RESYNC)
+                first = False
+                delay = 0.1
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None or message.get("type") != "pmessage":
+                        continue
+                    try:
+                        self.hub.deliver(LineEvent.from_message(message["data"]))
+                    except (ValueError, KeyError, TypeError):
+                        logger.warning("dropped a malformed bus message")
+            except (RedisError, OSError) as exc:
+                self._listening.clear()
+                logger.warning("event bus connection lost (%s); reconnecting", type(exc).__name__)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._reconnect_max_s)
+
+
+def create_bus(redis_url: str | None, max_queue: int) -> EventBus:
+    hub = Hub(max_queue)
+    return RedisBus(redis_url, hub) if redis_url else MemoryBus(hub)

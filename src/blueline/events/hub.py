@@ -1,0 +1,82 @@
+"""Local fan-out: one bounded queue per subscriber, grouped by workspace.
+
+Delivery never blocks the publisher: a subscriber whose queue is full is marked
+overflowed and ends; it resumes with ``after`` from the event log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from enum import Enum
+
+from blueline.events.outbox import LineEvent
+
+
+class Signal(Enum):
+    # The bus may have missed messages (it reconnected): re-read the event log.
+    RESYNC = "resync"
+    # The subscriber fell too far behind and must resubscribe.
+    OVERFLOW = "overflow"
+    # The process is shutting down.
+    CLOSED = "closed"
+
+
+Item = LineEvent | Signal
+
+
+class Subscriber:
+    def __init__(self, workspace_id: str, max_queue: int) -> None:
+        self.workspace_id = workspace_id
+        # One slot is kept for a signal, so OVERFLOW always fits.
+        self._queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=max_queue + 1)
+        self._max = max_queue
+        self.overflowed = False
+
+    def offer(self, item: Item) -> None:
+        if self.overflowed:
+            return
+        if isinstance(item, LineEvent) and self._queue.qsize() >= self._max:
+            self.overflowed = True
+            self._queue.put_nowait(Signal.OVERFLOW)
+            return
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+    async def get(self) -> Item:
+        return await self._queue.get()
+
+
+class Hub:
+    def __init__(self, max_queue: int = 1000) -> None:
+        self._by_workspace: dict[str, set[Subscriber]] = {}
+        self._max_queue = max_queue
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self._by_workspace.values())
+
+    def deliver(self, event: LineEvent) -> None:
+        for subscriber in tuple(self._by_workspace.get(event.workspace_id, ())):
+            subscriber.offer(event)
+
+    def broadcast(self, signal: Signal) -> None:
+        for subscribers in tuple(self._by_workspace.values()):
+            for subscriber in tuple(subscribers):
+                subscriber.offer(signal)
+
+    @asynccontextmanager
+    async def subscribe(self, workspace_id: str) -> AsyncIterator[Subscriber]:
+        subscriber = Subscriber(workspace_id, self._max_queue)
+        self._by_workspace.setdefault(workspace_id, set()).add(subscriber)
+        try:
+            yield subscriber
+        finally:
+            group = self._by_workspace.get(workspace_id)
+            if group is not None:
+                group.discard(subscriber)
+                if not group:
+                    del self._by_workspace[workspace_id]

@@ -1,0 +1,1 @@
+"""Upstream iMessage provider: the HTTP client Blueline uses and a local simulator of it."""

@@ -1,0 +1,1 @@
+"""Domain services: create setups, request and assign lines, recover and reconcile."""

@@ -1,0 +1,203 @@
+"""Webhook intake, independent of the web framework: verify, record, apply, answer.
+
+Every failure before verification succeeds (unknown setup, bad signature, stale
+timestamp) returns the same :data:`REJECTED` answer after the same work: an unknown
+setup is checked against a decoy secret that goes through the same vault decryption
+and HMAC as a real one, so neither the answer nor its timing tells accounts apart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
+
+from blueline import ids
+from blueline.errors import DecryptionFailed
+from blueline.persistence.database import Database
+from blueline.persistence.models import IMessageSetup, SetupState, WebhookDelivery
+from blueline.provisioning.service import AssignResult, assign_line, webhook_secret_aad
+from blueline.security.vault import Vault
+from blueline.webhooks import signature
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+DECOY_SETUP_ID = "ims_00000000000000000000000000"
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: dict[str, Any]
+
+
+REJECTED = Answer(401, {"error": "unauthorized"})
+TOO_LARGE = Answer(413, {"error": "payload too large"})
+MALFORMED = Answer(400, {"error": "malformed event"})
+ACCEPTED = Answer(200, {"status": "accepted"})
+IGNORED = Answer(200, {"status": "ignored"})
+UNKNOWN_REQUEST = Answer(404, {"error": "unknown line request"})
+CONFLICT = Answer(409, {"error": "line already assigned to another number"})
+
+_OUTCOME_ANSWERS = {
+    "applied": ACCEPTED,
+    "duplicate": ACCEPTED,
+    "ignored": IGNORED,
+    "conflict": CONFLICT,
+}
+
+
+@dataclass(frozen=True)
+class Assignment:
+    subaccount_id: str
+    request_id: str
+    phone_number: str
+
+
+def parse_event(body: bytes) -> tuple[str, Assignment | None] | None:
+    """``(type, assignment)``; None when the body is not a well-formed event."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        return None
+    if data["type"] != "line.assigned":
+        return data["type"], None
+    payload = data.get("data")
+    if not isinstance(payload, dict):
+        return None
+    fields = (payload.get("subaccount_id"), payload.get("request_id"), payload.get("phone_number"))
+    if not all(isinstance(f, str) and 0 < len(f) <= 64 for f in fields):
+        return None
+    subaccount_id, request_id, number = (str(f) for f in fields)
+    if not E164.match(number):
+        return None
+    return data["type"], Assignment(subaccount_id, request_id, number)
+
+
+class WebhookIntake:
+    def __init__(
+        self,
+        db: Database,
+        vault: Vault,
+        on_applied: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = db
+        self._vault = vault
+        self._on_applied = on_applied
+        self._clock = clock
+        self._decoy = vault.encrypt(
+            signature.generate_secret(), aad=webhook_secret_aad(DECOY_SETUP_ID)
+        )
+
+    async def _secret_of(self, setup_id: str) -> tuple[IMessageSetup | None, str]:
+        setup: IMessageSetup | None = None
+        if len(setup_id) <= 40:
+            async with self._db.session() as session:
+                setup = (
+                    (
+                        await session.execute(
+                            select(IMessageSetup)
+                            .where(col(IMessageSetup.id) == setup_id)
+                            .where(col(IMessageSetup.state) == SetupState.READY)
+                        )
+                    )
+                    .scalars()
+                    .first()
+                )
+        if setup is None or setup.webhook_secret_enc is None:
+            token, aad, setup = self._decoy, webhook_secret_aad(DECOY_SETUP_ID), None
+        else:
+            token, aad = setup.webhook_secret_enc, webhook_secret_aad(setup.id)
+        try:
+            return setup, self._vault.decrypt(token, aad=aad)
+        except DecryptionFailed:
+            logger.error("webhook secret of setup %s does not decrypt", setup_id)
+            return None, signature.generate_secret()
+
+    async def handle(self, setup_id: str, headers: Mapping[str, str], body: bytes) -> Answer:
+        if len(body) > MAX_BODY_BYTES:
+            return TOO_LARGE
+        setup, secret = await self._secret_of(setup_id)
+        verified = signature.verify(
+            [secret],
+            headers.get("webhook-id"),
+            headers.get("webhook-timestamp"),
+            headers.get("webhook-signature"),
+            body,
+            self._clock(),
+        )
+        if not verified or setup is None:
+            return REJECTED
+        webhook_id = headers["webhook-id"]
+        parsed = parse_event(body)
+        if parsed is None:
+            return MALFORMED
+        event_type, assignment = parsed
+        if assignment is not None and assignment.subaccount_id != setup.subaccount_id:
+            return MALFORMED
+        try:
+            return await self._apply(setup.id, webhook_id, event_type, assignment)
+        except IntegrityError:
+            # A concurrent copy of this delivery committed first.
+            return ACCEPTED
+
+    async def _apply(
+        self, setup_id: str, webhook_id: str, event_type: str, assignment: Assignment | None
+    ) -> Answer:
+        async with self._db.transaction() as session:
+            delivery = (
+                (
+                    await session.execute(
+                        select(WebhookDelivery)
+                        .where(col(WebhookDelivery.setup_id) == setup_id)
+                        .where(col(WebhookDelivery.webhook_id) == webhook_id)
+                        .with_for_update()
+                    )
+                )
+                .scalars()
+                .first()
+            )
+            if delivery is not None and delivery.outcome in _OUTCOME_ANSWERS:
+                return _OUTCOME_ANSWERS[delivery.outcome]
+            if delivery is None:
+                delivery = WebhookDelivery(
+                    id=ids.new_id(ids.DELIVERY),
+                    setup_id=setup_id,
+                    webhook_id=webhook_id,
+                    event_type=event_type[:64],
+                    outcome="ignored",
+                )
+            if assignment is None:
+                session.add(delivery)
+                return IGNORED
+            result = await assign_line(
+                session, setup_id, assignment.request_id, assignment.phone_number
+            )
+            delivery.outcome = str(result)
+            session.add(delivery)
+        if result is AssignResult.APPLIED:
+            self._on_applied()
+            return ACCEPTED
+        if result is AssignResult.DUPLICATE:
+            return ACCEPTED
+        if result is AssignResult.CONFLICT:
+            logger.warning(
+                "conflicting assignment refused: setup %s request %s already has another number",
+                setup_id,
+                assignment.request_id,
+            )
+            return CONFLICT
+        return UNKNOWN_REQUEST
