@@ -1,0 +1,209 @@
+"""``blueline`` command line: serve, migrate, api-keys, sandbox-provider, keys, reconcile."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from blueline.errors import BluelineError
+from blueline.settings import Settings
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SystemExit(f"invalid configuration: {exc}") from None
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _migrate(settings: Settings) -> None:
+    from blueline.persistence.migrate import upgrade
+
+    upgrade(settings.database_url)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from blueline.app import create_app
+    from blueline.persistence.database import Database
+    from blueline.security.access import bootstrap_default_workspace
+
+    overrides: dict[str, object] = {}
+    if args.host is not None:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    settings = _settings(**overrides)
+    problems = settings.production_problems()
+    if problems:
+        for problem in problems:
+            print(f"refusing to start in production: {problem}", file=sys.stderr)
+        return 2
+    if settings.is_production and settings.database_url.startswith("sqlite"):
+        logging.getLogger("blueline").warning(
+            "production on SQLite: use PostgreSQL (BLUELINE_DATABASE_URL=postgresql+asyncpg://…)"
+        )
+    _migrate(settings)
+
+    async def bootstrap() -> str | None:
+        db = Database(settings.database_url)
+        try:
+            return await bootstrap_default_workspace(db)
+        finally:
+            await db.dispose()
+
+    key = asyncio.run(bootstrap())
+    if key is not None:
+        print(f"API key: {key}", flush=True)
+    print(f"Blueline listening on http://{settings.host}:{settings.port}/graphql", flush=True)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        ws="websockets-sansio",
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def cmd_migrate(_args: argparse.Namespace) -> int:
+    _migrate(_settings())
+    print("database is at the latest migration")
+    return 0
+
+
+def cmd_api_keys_create(args: argparse.Namespace) -> int:
+    from blueline.persistence.database import Database
+    from blueline.security.access import create_api_key
+
+    settings = _settings()
+    _migrate(settings)
+
+    async def run() -> str:
+        db = Database(settings.database_url)
+        try:
+            return await create_api_key(db, args.workspace)
+        finally:
+            await db.dispose()
+
+    key = asyncio.run(run())
+    print(f"API key for workspace {args.workspace.strip()!r} (shown once, store it now):")
+    print(key, flush=True)
+    return 0
+
+
+def cmd_sandbox_provider(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from blueline.provider.sandbox import create_sandbox_app
+
+    settings = _settings()
+    app = create_sandbox_app(
+        settings.provider_api_key.get_secret_value(),
+        auto_assign_after_s=settings.sandbox_auto_assign_after_s,
+    )
+    print(f"sandbox provider listening on http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def cmd_keys_rotate(_args: argparse.Namespace) -> int:
+    from blueline.persistence.database import Database
+    from blueline.runtime import load_vault
+    from blueline.security.rotation import rotate_all
+
+    settings = _settings()
+    _migrate(settings)
+
+    async def run() -> int:
+        db = Database(settings.database_url)
+        try:
+            return await rotate_all(db, load_vault(settings))
+        finally:
+            await db.dispose()
+
+    changed = asyncio.run(run())
+    print(f"re-encrypted {changed} secret(s) under the primary key")
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from blueline.runtime import open_runtime
+
+    settings = _settings()
+    _migrate(settings)
+
+    async def run() -> str:
+        async with open_runtime(settings) as runtime:
+            report = await runtime.provisioning.reconcile(args.min_age)
+            if settings.redis_url:
+                # Publish what this pass committed; without Redis the API process's
+                # relay picks the events up from the outbox.
+                while await runtime.relay.pass_once():
+                    pass
+            return (
+                f"setups completed: {report.completed}, failed: {report.failed}, "
+                f"discarded: {report.discarded}, deferred: {report.deferred}; "
+                f"lines assigned: {report.lines_assigned}"
+            )
+
+    print(asyncio.run(run()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="blueline", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the API (GraphQL, webhooks, health)")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.set_defaults(func=cmd_serve)
+
+    migrate = commands.add_parser("migrate", help="apply database migrations and exit")
+    migrate.set_defaults(func=cmd_migrate)
+
+    api_keys = commands.add_parser("api-keys", help="manage API keys")
+    api_keys_commands = api_keys.add_subparsers(dest="api_keys_command", required=True)
+    create = api_keys_commands.add_parser("create", help="mint a key (last line of stdout)")
+    create.add_argument("--workspace", required=True)
+    create.set_defaults(func=cmd_api_keys_create)
+
+    sandbox = commands.add_parser("sandbox-provider", help="run the provider simulator")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8100)
+    sandbox.set_defaults(func=cmd_sandbox_provider)
+
+    keys = commands.add_parser("keys", help="manage the encryption keyring")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    rotate = keys_commands.add_parser("rotate", help="re-encrypt secrets under the primary key")
+    rotate.set_defaults(func=cmd_keys_rotate)
+
+    reconcile = commands.add_parser("reconcile", help="one recovery and reconciliation pass")
+    reconcile.add_argument("--min-age", type=float, default=0.0, metavar="SECONDS")
+    reconcile.set_defaults(func=cmd_reconcile)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    _configure_logging()
+    try:
+        code = args.func(args)
+    except BluelineError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        code = 1
+    raise SystemExit(code)

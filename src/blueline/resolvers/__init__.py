@@ -1,0 +1,1 @@
+"""Query, mutation and subscription resolvers: parse, call the domain, map to types."""
