@@ -1,4 +1,5 @@
-"""``blueline`` command line: serve, migrate, api-keys, sandbox-provider, keys, reconcile."""
+"""``blueline`` command line: serve, migrate, api-keys, sandbox-provider, keys, reconcile,
+prune."""
 
 from __future__ import annotations
 
@@ -164,6 +165,25 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from blueline.persistence.database import Database
+    from blueline.persistence.retention import prune
+
+    settings = _settings()
+    _migrate(settings)
+
+    async def run() -> str:
+        db = Database(settings.database_url)
+        try:
+            pruned = await prune(db, args.days)
+        finally:
+            await db.dispose()
+        return f"pruned {pruned.deliveries} webhook deliveries and {pruned.events} events"
+
+    print(asyncio.run(run()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blueline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -195,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile = commands.add_parser("reconcile", help="one recovery and reconciliation pass")
     reconcile.add_argument("--min-age", type=float, default=0.0, metavar="SECONDS")
     reconcile.set_defaults(func=cmd_reconcile)
+
+    prune = commands.add_parser(
+        "prune", help="delete webhook deliveries and published events older than DAYS (>= 7)"
+    )
+    prune.add_argument("--days", type=float, default=7.0)
+    prune.set_defaults(func=cmd_prune)
     return parser
 
 

@@ -23,7 +23,7 @@ from blueline.provider.client import HttpProviderClient, ProviderClient, RetryPo
 from blueline.provisioning.service import Provisioning, RecoveryReport
 from blueline.security.vault import Keyring, Vault
 from blueline.settings import Settings
-from blueline.webhooks.intake import WebhookIntake
+from blueline.webhooks.intake import WebhookIntake, WebhookLimits
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class Runtime:
     relay: Relay
     provisioning: Provisioning
     intake: WebhookIntake
+    webhook_limits: WebhookLimits
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __repr__(self) -> str:
@@ -126,7 +127,12 @@ async def open_runtime(
     )
     provisioning = Provisioning(db, provider, vault, settings.base_url(), on_commit=relay.kick)
     intake = WebhookIntake(db, vault, on_applied=relay.kick)
-    runtime = Runtime(settings, db, vault, client, provider, bus, relay, provisioning, intake)
+    limits = WebhookLimits(
+        settings.webhook_rate_per_client_per_s, settings.webhook_rate_per_setup_per_s
+    )
+    runtime = Runtime(
+        settings, db, vault, client, provider, bus, relay, provisioning, intake, limits
+    )
     try:
         yield runtime
     finally:

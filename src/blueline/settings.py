@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     event_retention_days: int = 7
     webhook_retention_days: int = Field(default=7, ge=7)
 
+    # Webhook intake rate limits (requests per second, burst twice that); 0 turns one off.
+    webhook_rate_per_client_per_s: float = 200.0
+    webhook_rate_per_setup_per_s: float = 50.0
+
     # Sandbox provider simulator, when embedded (no PROVIDER_URL).
     sandbox_auto_assign_after_s: float | None = 3.0
 

@@ -27,6 +27,7 @@ from blueline.persistence.models import IMessageSetup, SetupState, WebhookDelive
 from blueline.provisioning.service import AssignResult, assign_line, webhook_secret_aad
 from blueline.security.vault import Vault
 from blueline.webhooks import signature
+from blueline.webhooks.rate_limit import RateLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class Answer:
 
 REJECTED = Answer(401, {"error": "unauthorized"})
 TOO_LARGE = Answer(413, {"error": "payload too large"})
+RATE_LIMITED = Answer(429, {"error": "too many requests"})
 MALFORMED = Answer(400, {"error": "malformed event"})
 ACCEPTED = Answer(200, {"status": "accepted"})
 IGNORED = Answer(200, {"status": "ignored"})
@@ -86,6 +88,20 @@ def parse_event(body: bytes) -> tuple[str, Assignment | None] | None:
     return data["type"], Assignment(subaccount_id, request_id, number)
 
 
+class WebhookLimits:
+    """Per client address and per path setup id, the same for real and unknown setups."""
+
+    def __init__(self, per_client_per_s: float, per_setup_per_s: float) -> None:
+        self._clients = RateLimiter(per_client_per_s, burst=max(per_client_per_s * 2, 1))
+        self._setups = RateLimiter(per_setup_per_s, burst=max(per_setup_per_s * 2, 1))
+
+    def allow(self, client: str, setup_id: str) -> bool:
+        # Both buckets are always charged, so the answer does not depend on which ran out.
+        client_ok = self._clients.allow(client)
+        setup_ok = self._setups.allow(setup_id[:64])
+        return client_ok and setup_ok
+
+
 class WebhookIntake:
     def __init__(
         self,
@@ -103,20 +119,15 @@ class WebhookIntake:
         )
 
     async def _secret_of(self, setup_id: str) -> tuple[IMessageSetup | None, str]:
-        setup: IMessageSetup | None = None
-        if len(setup_id) <= 40:
-            async with self._db.session() as session:
-                setup = (
-                    (
-                        await session.execute(
-                            select(IMessageSetup)
-                            .where(col(IMessageSetup.id) == setup_id)
-                            .where(col(IMessageSetup.state) == SetupState.READY)
-                        )
-                    )
-                    .scalars()
-                    .first()
-                )
+        # A malformed id still costs one lookup (of the decoy), so it takes the same time.
+        lookup = setup_id if ids.prefix_of(setup_id) == ids.SETUP else DECOY_SETUP_ID
+        async with self._db.session() as session:
+            result = await session.execute(
+                select(IMessageSetup)
+                .where(col(IMessageSetup.id) == lookup)
+                .where(col(IMessageSetup.state) == SetupState.READY)
+            )
+            setup = result.scalars().first()
         if setup is None or setup.webhook_secret_enc is None:
             token, aad, setup = self._decoy, webhook_secret_aad(DECOY_SETUP_ID), None
         else:
@@ -127,7 +138,7 @@ class WebhookIntake:
             logger.error("webhook secret of setup %s does not decrypt", setup_id)
             return None, signature.generate_secret()
 
-    async def handle(self, setup_id: str, headers: Mapping[str, str], body: bytes) -> Answer:
+    async def handle(self, setup_id: str, headers: Mapping[str, str | None], body: bytes) -> Answer:
         if len(body) > MAX_BODY_BYTES:
             return TOO_LARGE
         setup, secret = await self._secret_of(setup_id)
@@ -142,6 +153,7 @@ class WebhookIntake:
         if not verified or setup is None:
             return REJECTED
         webhook_id = headers["webhook-id"]
+        assert webhook_id is not None  # verified above
         parsed = parse_event(body)
         if parsed is None:
             return MALFORMED
@@ -151,8 +163,25 @@ class WebhookIntake:
         try:
             return await self._apply(setup.id, webhook_id, event_type, assignment)
         except IntegrityError:
-            # A concurrent copy of this delivery committed first.
-            return ACCEPTED
+            # Most likely a concurrent copy of this delivery committed first: answer as
+            # it was answered. Anything else is a real failure the provider must retry.
+            recorded = await self._recorded_answer(setup.id, webhook_id)
+            if recorded is None:
+                raise
+            return recorded
+
+    async def _recorded_answer(self, setup_id: str, webhook_id: str) -> Answer | None:
+        async with self._db.session() as session:
+            outcome = (
+                await session.execute(
+                    select(col(WebhookDelivery.outcome))
+                    .where(col(WebhookDelivery.setup_id) == setup_id)
+                    .where(col(WebhookDelivery.webhook_id) == webhook_id)
+                )
+            ).scalar_one_or_none()
+        if outcome is None:
+            return None
+        return _OUTCOME_ANSWERS.get(outcome, UNKNOWN_REQUEST)
 
     async def _apply(
         self, setup_id: str, webhook_id: str, event_type: str, assignment: Assignment | None

@@ -8,7 +8,22 @@ from litestar import Request, Response, post
 from litestar.params import FromPath
 
 from blueline.runtime import Runtime
-from blueline.webhooks.intake import MAX_BODY_BYTES, TOO_LARGE
+from blueline.webhooks.intake import MAX_BODY_BYTES, RATE_LIMITED, TOO_LARGE, Answer
+
+_SIGNED_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+
+
+def _signed_headers(request: Request[Any, Any, Any]) -> dict[str, str | None]:
+    """The three signature headers; a repeated one counts as missing (ambiguous)."""
+    found: dict[str, str | None] = {}
+    for name in _SIGNED_HEADERS:
+        values = request.headers.getall(name, [])
+        found[name] = values[0] if len(values) == 1 else None
+    return found
+
+
+def _answer(answer: Answer) -> Response[dict[str, Any]]:
+    return Response(answer.body, status_code=answer.status)
 
 
 @post(
@@ -22,7 +37,9 @@ async def receive_imessage_webhook(
     runtime: Runtime = request.app.state["runtime"]
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        return Response(TOO_LARGE.body, status_code=TOO_LARGE.status)
+        return _answer(TOO_LARGE)
+    client = request.client.host if request.client else "unknown"
+    if not runtime.webhook_limits.allow(client, setup_id):
+        return _answer(RATE_LIMITED)
     body = await request.body()
-    answer = await runtime.intake.handle(setup_id, request.headers, body)
-    return Response(answer.body, status_code=answer.status)
+    return _answer(await runtime.intake.handle(setup_id, _signed_headers(request), body))

@@ -1,0 +1,45 @@
+"""Build and send Standard Webhooks deliveries the way a provider does."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+
+import httpx
+
+from blueline.webhooks.signature import sign
+
+
+def assignment_body(subaccount_id: str, request_id: str, phone_number: str) -> bytes:
+    event = {
+        "type": "line.assigned",
+        "data": {
+            "subaccount_id": subaccount_id,
+            "request_id": request_id,
+            "phone_number": phone_number,
+        },
+    }
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+def signed_headers(
+    secret: str, body: bytes, *, msg_id: str | None = None, timestamp: int | None = None
+) -> dict[str, str]:
+    msg_id = msg_id or f"msg_{secrets.token_hex(8)}"
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret, msg_id, timestamp, body),
+        "content-type": "application/json",
+    }
+
+
+async def subaccount_of(sandbox: httpx.AsyncClient, setup_id: str) -> dict[str, Any]:
+    """The provider's view of a setup's subaccount, secrets included (sandbox only)."""
+    response = await sandbox.get("/sandbox/subaccounts", params={"external_id": setup_id})
+    response.raise_for_status()
+    [account] = response.json()["data"]
+    return dict(account)
