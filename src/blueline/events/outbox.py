@@ -67,6 +67,7 @@ class LineEvent:
     """A committed, sequenced event as subscribers receive it."""
 
     seq: int
+    row_id: str
     workspace_id: str
     setup_id: str
     type: str
@@ -80,6 +81,7 @@ class LineEvent:
         return json.dumps(
             {
                 "seq": self.seq,
+                "row_id": self.row_id,
                 "workspace_id": self.workspace_id,
                 "setup_id": self.setup_id,
                 "type": self.type,
@@ -93,6 +95,7 @@ class LineEvent:
         data = json.loads(raw)
         return cls(
             seq=int(data["seq"]),
+            row_id=str(data["row_id"]),
             workspace_id=str(data["workspace_id"]),
             setup_id=str(data["setup_id"]),
             type=str(data["type"]),
@@ -104,6 +107,7 @@ class LineEvent:
         assert row.seq is not None
         return cls(
             seq=row.seq,
+            row_id=row.id,
             workspace_id=row.workspace_id,
             setup_id=row.setup_id,
             type=row.type,

@@ -21,8 +21,21 @@ from blueline.persistence.models import Event
 _PAGE = 500
 
 
+# WebSocket close codes a client can act on: reconnect and resubscribe with `after`.
+CLOSE_SLOW_CONSUMER = 4500
+CLOSE_SERVICE_RESTART = 1012
+
+
 class StreamEnded(Exception):
-    """The stream cannot go on; the message tells the client what to do."""
+    """The stream cannot go on; the message tells the client what to do.
+
+    ``close_code`` is set when the whole connection should close (the client must
+    reconnect), rather than just this operation ending with an error.
+    """
+
+    def __init__(self, message: str, close_code: int | None = None) -> None:
+        super().__init__(message)
+        self.close_code = close_code
 
 
 async def seq_known(db: Database, workspace_id: str, seq: int) -> bool:
@@ -35,10 +48,20 @@ async def seq_known(db: Database, workspace_id: str, seq: int) -> bool:
         return found.first() is not None
 
 
-async def latest_seq(db: Database) -> int:
+async def committed_so_far(db: Database, workspace_id: str) -> tuple[int, set[str]]:
+    """The highest seq, and the events committed but not yet sequenced by the relay:
+    together, everything that happened before a subscription without ``after`` began."""
     async with db.session() as session:
         top = (await session.execute(select(func.max(col(Event.seq))))).scalar_one()
-    return int(top or 0)
+        waiting = (
+            await session.execute(
+                select(col(Event.id))
+                .where(col(Event.published_at).is_(None))
+                .where(col(Event.seq).is_(None))
+                .where(col(Event.workspace_id) == workspace_id)
+            )
+        ).scalars()
+        return int(top or 0), set(waiting)
 
 
 async def events_after(
@@ -75,15 +98,19 @@ async def stream(
                 )
             last = after_seq
             catching_up = True
+            before_start: set[str] = set()
         else:
-            last = await latest_seq(db)
+            last, before_start = await committed_so_far(db, workspace_id)
             catching_up = False
         while True:
             if catching_up:
                 page = await events_after(db, workspace_id, last, setup_id)
                 for event in page:
                     last = event.seq
-                    yield event
+                    if event.row_id in before_start:
+                        before_start.discard(event.row_id)
+                    else:
+                        yield event
                 catching_up = len(page) == _PAGE
                 if catching_up:
                     continue
@@ -93,11 +120,17 @@ async def stream(
             elif item is Signal.OVERFLOW:
                 raise StreamEnded(
                     "this subscriber fell too far behind; subscribe again with `after` "
-                    "set to the last event id received"
+                    "set to the last event id received",
+                    CLOSE_SLOW_CONSUMER,
                 )
             elif item is Signal.CLOSED:
-                raise StreamEnded("the server is shutting down; subscribe again with `after`")
+                raise StreamEnded(
+                    "the server is restarting; reconnect and subscribe with `after`",
+                    CLOSE_SERVICE_RESTART,
+                )
             elif isinstance(item, LineEvent) and item.seq > last:
                 last = item.seq
-                if setup_id is None or item.setup_id == setup_id:
+                if item.row_id in before_start:
+                    before_start.discard(item.row_id)
+                elif setup_id is None or item.setup_id == setup_id:
                     yield item

@@ -54,4 +54,8 @@ class Subscription:
                     phone_line=PhoneLineType.from_snapshot(event.payload["line"]),
                 )
         except StreamEnded as ended:
+            socket = context.websocket
+            if ended.close_code is not None and socket is not None:
+                await socket.close(code=ended.close_code, reason=str(ended)[:120])
+                return
             raise GraphQLError(str(ended)) from None
