@@ -7,6 +7,7 @@ time, so ``ORDER BY id`` is newest-first pagination without a second column.
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -27,9 +28,19 @@ def _encode(value: int, length: int) -> str:
     return "".join(reversed(chars))
 
 
+_last_body = 0
+_lock = threading.Lock()
+
+
 def new_id(prefix: str) -> str:
+    """Strictly increasing within this process, even within one millisecond."""
+    global _last_body
     millis = time.time_ns() // 1_000_000
     body = (millis << 80) | secrets.randbits(80)
+    with _lock:
+        if body <= _last_body:
+            body = _last_body + 1
+        _last_body = body
     return f"{prefix}_{_encode(body, 26)}"
 
 

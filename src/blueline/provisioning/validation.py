@@ -11,8 +11,18 @@ MAX_TEXT = 128
 MAX_IDEMPOTENCY_KEY = 255
 
 
+# Format characters that can disguise what an operator reads (bidirectional overrides
+# and isolates, invisible spaces). Joiners stay allowed: emoji sequences and scripts
+# such as Persian need them.
+_DECEPTIVE = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200b\u2060\ufeff")
+
+
 def _has_control_chars(value: str) -> bool:
-    return any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") for ch in value)
+    return any(unicodedata.category(ch) in ("Cc", "Cs", "Co") or ch in _DECEPTIVE for ch in value)
+
+
+def _is_plain_token(value: str) -> bool:
+    return value.isascii() and value.isprintable()
 
 
 def clean_text(value: str, field: str, label: str) -> tuple[str, InvalidInput | None]:
@@ -38,12 +48,12 @@ def validate_setup_input(
     problems = [e for e in (name_error, label_error) if e is not None]
     key = idempotency_key
     if key is not None and (
-        not key or len(key) > MAX_IDEMPOTENCY_KEY or _has_control_chars(key) or key != key.strip()
+        not key or len(key) > MAX_IDEMPOTENCY_KEY or not _is_plain_token(key) or key != key.strip()
     ):
         problems.append(
             InvalidInput(
-                f"Idempotency key must be 1-{MAX_IDEMPOTENCY_KEY} characters without spaces "
-                "at either end or control characters",
+                f"Idempotency key must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters "
+                "without spaces at either end",
                 field=["input", "idempotencyKey"],
             )
         )
