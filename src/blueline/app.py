@@ -14,11 +14,13 @@ from litestar.exceptions import NotAuthorizedException
 from litestar.handlers import BaseRouteHandler
 from litestar.handlers.asgi_handlers import asgi
 from litestar.types import Receive, Scope, Send
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.litestar import make_graphql_controller
 from strawberry.types.unset import UnsetType
 
+from blueline.observability.metrics import metrics
+from blueline.observability.request_id import request_id_middleware
 from blueline.provider.sandbox import create_sandbox_app
 from blueline.runtime import EMBEDDED_PROVIDER_PATH, Runtime, open_runtime
 from blueline.schema import build_schema
@@ -94,12 +96,9 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, str]]:
     return Response(checks, status_code=200 if ready else 503)
 
 
-def metrics_route(registry: CollectorRegistry) -> Any:
-    @get("/metrics", include_in_schema=False, media_type=MediaType.TEXT)
-    async def metrics() -> Response[bytes]:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    return metrics
+@get("/metrics", include_in_schema=False, media_type=MediaType.TEXT)
+async def prometheus_metrics() -> Response[bytes]:
+    return Response(generate_latest(metrics().registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def embedded_provider_route(settings: Settings) -> Any:
@@ -116,13 +115,12 @@ def embedded_provider_route(settings: Settings) -> Any:
 
 
 def create_app(settings: Settings) -> Litestar:
-    registry = CollectorRegistry()
     handlers: list[Any] = [
         graphql_controller(settings),
         receive_imessage_webhook,
         healthz,
         readyz,
-        metrics_route(registry),
+        prometheus_metrics,
     ]
     sandbox: Litestar | None = None
     if settings.uses_embedded_provider:
@@ -143,6 +141,7 @@ def create_app(settings: Settings) -> Litestar:
     return Litestar(
         route_handlers=handlers,
         lifespan=[lifespan],
+        middleware=[request_id_middleware],
         debug=False,
         openapi_config=None,
         # Logging is configured once by the process (CLI), not reconfigured per app.

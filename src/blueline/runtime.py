@@ -18,6 +18,7 @@ import httpx
 
 from blueline.events.bus import EventBus, create_bus
 from blueline.events.relay import Relay
+from blueline.observability.metrics import metrics, observe_provider_call
 from blueline.persistence.database import Database
 from blueline.provider.client import HttpProviderClient, ProviderClient, RetryPolicy
 from blueline.provisioning.service import Provisioning, RecoveryReport
@@ -115,6 +116,7 @@ async def open_runtime(
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20)
     )
     bus = create_bus(settings.redis_url, settings.subscriber_queue_size)
+    metrics().subscribers.set_function(lambda: bus.hub.subscriber_count)
     relay = Relay(db, bus, poll_interval_s=settings.relay_poll_interval_s)
     provider = HttpProviderClient(
         client,
@@ -124,6 +126,7 @@ async def open_runtime(
             attempts=settings.provider_attempts, base_delay_s=settings.provider_backoff_s
         ),
         timeout_s=settings.provider_timeout_s,
+        observe=observe_provider_call,
     )
     provisioning = Provisioning(db, provider, vault, settings.base_url(), on_commit=relay.kick)
     intake = WebhookIntake(db, vault, on_applied=relay.kick)

@@ -20,6 +20,7 @@ from sqlmodel import col
 
 from blueline.events.bus import EventBus
 from blueline.events.outbox import LineEvent
+from blueline.observability.metrics import metrics
 from blueline.persistence.database import Database
 from blueline.persistence.models import Event
 from blueline.persistence.types import utcnow
@@ -120,13 +121,20 @@ class Relay:
                 .all()
             )
             if not rows:
+                metrics().outbox_pending.set(0)
                 return 0
             for row in rows:
                 await self._bus.publish(LineEvent.from_row(row))
+            now = utcnow()
+            m = metrics()
+            for row in rows:
+                m.outbox_publish_delay.observe((now - row.created_at).total_seconds())
             await session.execute(
                 update(Event)
                 .where(col(Event.id).in_([row.id for row in rows]))
-                .values(published_at=utcnow())
+                .values(published_at=now)
             )
+        m.outbox_published.inc(len(rows))
+        m.outbox_pending.set(max(len(unsequenced) - len(rows), 0))
         self._on_published(len(rows))
         return len(rows)

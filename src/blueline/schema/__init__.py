@@ -9,7 +9,6 @@ from typing import Any
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import (
-    MaskErrors,
     MaxAliasesLimiter,
     MaxTokensLimiter,
     ParserCache,
@@ -19,10 +18,10 @@ from strawberry.extensions import (
 )
 from strawberry.schema.config import StrawberryConfig
 
-from blueline.errors import BluelineError
 from blueline.resolvers.mutation import Mutation
 from blueline.resolvers.query import Query
 from blueline.resolvers.subscription import Subscription
+from blueline.schema.extensions import MaskUnexpectedErrors, OperationMetrics
 from blueline.schema.types import IMessageSetupType, PhoneLineType
 
 MAX_DEPTH = 10
@@ -30,19 +29,20 @@ MAX_ALIASES = 30
 MAX_TOKENS = 2000
 
 
-def _should_mask(error: GraphQLError) -> bool:
-    original = error.original_error
-    # Validation errors and the resolvers' own GraphQLErrors are meant for the client;
-    # anything else is an unexpected failure whose text could say too much.
-    return original is not None and not isinstance(original, GraphQLError | BluelineError)
+class BluelineSchema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        # Errors meant for the client (validation, bad arguments) are not server faults,
+        # and unexpected ones are logged with their request id by MaskUnexpectedErrors.
+        return None
 
 
-def build_schema(*, production: bool = False) -> strawberry.Schema:
+def build_schema(*, production: bool = False) -> BluelineSchema:
     extensions: list[Callable[[], SchemaExtension] | type[SchemaExtension]] = [
         lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
         lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
-        lambda: MaskErrors(should_mask_error=_should_mask),
+        MaskUnexpectedErrors,
+        OperationMetrics,
         ParserCache,
         ValidationCache,
     ]
@@ -51,7 +51,7 @@ def build_schema(*, production: bool = False) -> strawberry.Schema:
 
         extensions.append(DisableIntrospection)
     config: Any = StrawberryConfig(disable_field_suggestions=production)
-    return strawberry.Schema(
+    return BluelineSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,

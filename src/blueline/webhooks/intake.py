@@ -40,20 +40,22 @@ DECOY_SETUP_ID = "ims_00000000000000000000000000"
 class Answer:
     status: int
     body: dict[str, Any]
+    outcome: str  # for metrics; never sent
 
 
-REJECTED = Answer(401, {"error": "unauthorized"})
-TOO_LARGE = Answer(413, {"error": "payload too large"})
-RATE_LIMITED = Answer(429, {"error": "too many requests"})
-MALFORMED = Answer(400, {"error": "malformed event"})
-ACCEPTED = Answer(200, {"status": "accepted"})
-IGNORED = Answer(200, {"status": "ignored"})
-UNKNOWN_REQUEST = Answer(404, {"error": "unknown line request"})
-CONFLICT = Answer(409, {"error": "line already assigned to another number"})
+REJECTED = Answer(401, {"error": "unauthorized"}, "rejected")
+TOO_LARGE = Answer(413, {"error": "payload too large"}, "too_large")
+RATE_LIMITED = Answer(429, {"error": "too many requests"}, "rate_limited")
+MALFORMED = Answer(400, {"error": "malformed event"}, "malformed")
+ACCEPTED = Answer(200, {"status": "accepted"}, "accepted")
+DUPLICATE = Answer(200, {"status": "accepted"}, "duplicate")
+IGNORED = Answer(200, {"status": "ignored"}, "ignored")
+UNKNOWN_REQUEST = Answer(404, {"error": "unknown line request"}, "unknown_request")
+CONFLICT = Answer(409, {"error": "line already assigned to another number"}, "conflict")
 
 _OUTCOME_ANSWERS = {
-    "applied": ACCEPTED,
-    "duplicate": ACCEPTED,
+    "applied": DUPLICATE,
+    "duplicate": DUPLICATE,
     "ignored": IGNORED,
     "conflict": CONFLICT,
 }
@@ -221,7 +223,7 @@ class WebhookIntake:
             self._on_applied()
             return ACCEPTED
         if result is AssignResult.DUPLICATE:
-            return ACCEPTED
+            return DUPLICATE
         if result is AssignResult.CONFLICT:
             logger.warning(
                 "conflicting assignment refused: setup %s request %s already has another number",

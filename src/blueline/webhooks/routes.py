@@ -7,6 +7,7 @@ from typing import Any
 from litestar import Request, Response, post
 from litestar.params import FromPath
 
+from blueline.observability.metrics import metrics
 from blueline.runtime import Runtime
 from blueline.webhooks.intake import MAX_BODY_BYTES, RATE_LIMITED, TOO_LARGE, Answer
 
@@ -23,6 +24,7 @@ def _signed_headers(request: Request[Any, Any, Any]) -> dict[str, str | None]:
 
 
 def _answer(answer: Answer) -> Response[dict[str, Any]]:
+    metrics().webhook_deliveries.labels(answer.outcome).inc()
     return Response(answer.body, status_code=answer.status)
 
 
@@ -42,4 +44,10 @@ async def receive_imessage_webhook(
     if not runtime.webhook_limits.allow(client, setup_id):
         return _answer(RATE_LIMITED)
     body = await request.body()
-    return _answer(await runtime.intake.handle(setup_id, _signed_headers(request), body))
+    try:
+        answer = await runtime.intake.handle(setup_id, _signed_headers(request), body)
+    except Exception:
+        # Storage trouble: a 5xx makes the provider retry; nothing was half-applied.
+        metrics().webhook_deliveries.labels("error").inc()
+        raise
+    return _answer(answer)

@@ -1,0 +1,1 @@
+"""Logs (structlog, redacted), Prometheus metrics and request ids."""
