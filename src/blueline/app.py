@@ -10,7 +10,7 @@ from typing import Any, cast
 from litestar import Litestar, MediaType, Request, Response, get
 from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
-from litestar.exceptions import NotAuthorizedException
+from litestar.exceptions import NotAuthorizedException, TooManyRequestsException
 from litestar.handlers import BaseRouteHandler
 from litestar.handlers.asgi_handlers import asgi
 from litestar.types import Receive, Scope, Send
@@ -46,6 +46,8 @@ async def require_api_key(
     caller = await authenticate(runtime.db, connection.headers.get("authorization"))
     if caller is None:
         raise NotAuthorizedException(UNAUTHORIZED)
+    if not runtime.api_key_limits.allow(caller.api_key_id):
+        raise TooManyRequestsException("Too many requests for this API key; slow down")
     cast(dict[str, Any], connection.scope).setdefault("state", {})["caller"] = caller
 
 

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 
 from pydantic import ValidationError
 
@@ -106,6 +107,51 @@ def cmd_api_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_api_keys_list(args: argparse.Namespace) -> int:
+    from blueline.persistence.database import Database
+    from blueline.security.access import ApiKeyInfo, list_api_keys
+
+    settings = _settings()
+    _migrate(settings)
+
+    async def run() -> list[ApiKeyInfo]:
+        db = Database(settings.database_url)
+        try:
+            return await list_api_keys(db, args.workspace)
+        finally:
+            await db.dispose()
+
+    def when(value: object) -> str:
+        return value.isoformat(timespec="seconds") if isinstance(value, datetime) else "-"
+
+    print(f"{'id':32} {'workspace':20} {'key':16} {'created':25} {'last used':25} revoked")
+    for key in asyncio.run(run()):
+        print(
+            f"{key.id:32} {key.workspace[:20]:20} {key.display_prefix + '…':16} "
+            f"{when(key.created_at):25} {when(key.last_used_at):25} {when(key.revoked_at)}"
+        )
+    return 0
+
+
+def cmd_api_keys_revoke(args: argparse.Namespace) -> int:
+    from blueline.persistence.database import Database
+    from blueline.security.access import revoke_api_key
+
+    settings = _settings()
+    _migrate(settings)
+
+    async def run() -> None:
+        db = Database(settings.database_url)
+        try:
+            await revoke_api_key(db, args.key_id)
+        finally:
+            await db.dispose()
+
+    asyncio.run(run())
+    print(f"revoked {args.key_id}: refused from the next request or operation on")
+    return 0
+
+
 def cmd_sandbox_provider(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -184,6 +230,19 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from blueline.schema import build_schema
+
+    sdl = build_schema().as_str() + "\n"
+    if args.output == "-":
+        sys.stdout.write(sdl)
+    else:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(sdl)
+        print(f"wrote {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blueline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -201,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     create = api_keys_commands.add_parser("create", help="mint a key (last line of stdout)")
     create.add_argument("--workspace", required=True)
     create.set_defaults(func=cmd_api_keys_create)
+    listing = api_keys_commands.add_parser("list", help="list keys (never the keys themselves)")
+    listing.add_argument("--workspace", default=None)
+    listing.set_defaults(func=cmd_api_keys_list)
+    revoke = api_keys_commands.add_parser("revoke", help="revoke a key by its id (key_…)")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(func=cmd_api_keys_revoke)
 
     sandbox = commands.add_parser("sandbox-provider", help="run the provider simulator")
     sandbox.add_argument("--host", default="127.0.0.1")
@@ -221,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--days", type=float, default=7.0)
     prune.set_defaults(func=cmd_prune)
+
+    schema = commands.add_parser("schema", help="export the GraphQL SDL (schema.graphql)")
+    schema.add_argument("--output", default="schema.graphql", help="a path, or - for stdout")
+    schema.set_defaults(func=cmd_schema)
     return parser
 
 

@@ -22,6 +22,7 @@ from blueline.observability.metrics import metrics, observe_provider_call
 from blueline.persistence.database import Database
 from blueline.provider.client import HttpProviderClient, ProviderClient, RetryPolicy
 from blueline.provisioning.service import Provisioning, RecoveryReport
+from blueline.rate_limit import RateLimiter
 from blueline.security.vault import Keyring, Vault
 from blueline.settings import Settings
 from blueline.webhooks.intake import WebhookIntake, WebhookLimits
@@ -56,6 +57,7 @@ class Runtime:
     provisioning: Provisioning
     intake: WebhookIntake
     webhook_limits: WebhookLimits
+    api_key_limits: RateLimiter
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __repr__(self) -> str:
@@ -133,8 +135,10 @@ async def open_runtime(
     limits = WebhookLimits(
         settings.webhook_rate_per_client_per_s, settings.webhook_rate_per_setup_per_s
     )
+    per_key = settings.graphql_rate_per_key_per_s
+    key_limits = RateLimiter(per_key, burst=max(per_key * 2, 1))
     runtime = Runtime(
-        settings, db, vault, client, provider, bus, relay, provisioning, intake, limits
+        settings, db, vault, client, provider, bus, relay, provisioning, intake, limits, key_limits
     )
     try:
         yield runtime

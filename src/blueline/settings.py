@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     event_retention_days: int = 7
     webhook_retention_days: int = Field(default=7, ge=7)
 
+    # GraphQL requests and WebSocket operations per API key (burst twice that); 0 is off.
+    graphql_rate_per_key_per_s: float = 50.0
+
     # Webhook intake rate limits (requests per second, burst twice that); 0 turns one off.
     webhook_rate_per_client_per_s: float = 200.0
     webhook_rate_per_setup_per_s: float = 50.0

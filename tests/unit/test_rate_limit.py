@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from blueline.webhooks.rate_limit import RateLimiter
+from blueline.rate_limit import RateLimiter
 
 
 class Clock:

@@ -220,3 +220,35 @@ async def touch_api_key(session: AsyncSession, key_id: str) -> None:
     await session.execute(
         update(ApiKey).where(col(ApiKey.id) == key_id).values(last_used_at=utcnow())
     )
+
+
+async def api_key_active(session: AsyncSession, key_id: str) -> bool:
+    query = (
+        select(col(ApiKey.id))
+        .where(col(ApiKey.id) == key_id)
+        .where(col(ApiKey.revoked_at).is_(None))
+    )
+    return (await session.execute(query)).first() is not None
+
+
+async def api_keys_with_workspace(
+    session: AsyncSession, workspace_name: str | None
+) -> list[tuple[ApiKey, Workspace]]:
+    query = (
+        select(ApiKey, Workspace)
+        .join(Workspace, col(Workspace.id) == col(ApiKey.workspace_id))
+        .order_by(col(Workspace.name), col(ApiKey.id))
+    )
+    if workspace_name is not None:
+        query = query.where(col(Workspace.name) == workspace_name)
+    return [(key, workspace) for key, workspace in (await session.execute(query)).all()]
+
+
+async def revoke_api_key(session: AsyncSession, key_id: str) -> bool:
+    result = await session.execute(
+        update(ApiKey)
+        .where(col(ApiKey.id) == key_id)
+        .where(col(ApiKey.revoked_at).is_(None))
+        .values(revoked_at=utcnow())
+    )
+    return bool(getattr(result, "rowcount", 0))

@@ -26,7 +26,7 @@ class Mutation:
         context = info.context
         try:
             row = await context.runtime.provisioning.create_setup(
-                context.workspace_id(), input.business_name, input.label, input.idempotency_key
+                await context.authorize(), input.business_name, input.label, input.idempotency_key
             )
         except BluelineError as error:
             return CreateImessageSetupPayload(setup=None, user_errors=user_errors(error))
@@ -39,7 +39,7 @@ class Mutation:
         context = info.context
         try:
             line = await context.runtime.provisioning.request_line(
-                context.workspace_id(), str(input.setup_id)
+                await context.authorize(), str(input.setup_id)
             )
         except BluelineError as error:
             return RequestImessagePhoneLinePayload(phone_line=None, user_errors=user_errors(error))

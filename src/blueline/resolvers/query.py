@@ -24,8 +24,9 @@ async def _setup(info: AppInfo, setup_id: str) -> IMessageSetupType | None:
     if ids.prefix_of(setup_id) != ids.SETUP:
         return None
     context = info.context
+    workspace_id = await context.authorize()
     async with context.runtime.db.session() as session:
-        row = await queries.get_setup_row(session, context.workspace_id(), setup_id)
+        row = await queries.get_setup_row(session, workspace_id, setup_id)
     return IMessageSetupType.from_row(row) if row else None
 
 
@@ -42,7 +43,11 @@ class Query:
         limit = check_first(20 if first is None else first)
         after_id = decode_cursor(after) if after is not None else None
         context = info.context
-        db, workspace_id, wanted = context.runtime.db, context.workspace_id(), setup_status(status)
+        db, workspace_id, wanted = (
+            context.runtime.db,
+            await context.authorize(),
+            setup_status(status),
+        )
         async with db.session() as session:
             page = await queries.list_setups(
                 session, workspace_id, first=limit, after_id=after_id, status=wanted
@@ -79,7 +84,8 @@ class Query:
             return await _setup(info, node_id)
         if kind == ids.PHONE_LINE:
             context = info.context
+            workspace_id = await context.authorize()
             async with context.runtime.db.session() as session:
-                line = await queries.get_line(session, context.workspace_id(), node_id)
+                line = await queries.get_line(session, workspace_id, node_id)
             return PhoneLineType.from_row(line) if line else None
         return None

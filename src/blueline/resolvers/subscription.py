@@ -26,7 +26,7 @@ class Subscription:
         self, info: AppInfo, setup_id: strawberry.ID | None = None, after: str | None = None
     ) -> AsyncGenerator[PhoneLineUpdate, None]:
         context = info.context
-        runtime, workspace_id = context.runtime, context.workspace_id()
+        runtime, workspace_id = context.runtime, await context.authorize()
         wanted_setup = str(setup_id) if setup_id is not None else None
         if wanted_setup is not None:
             row = None

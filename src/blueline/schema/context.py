@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from graphql import GraphQLError
 from litestar.datastructures import State
 from strawberry.dataloader import DataLoader
 from strawberry.litestar import BaseContext
@@ -17,7 +18,7 @@ from strawberry.types import Info
 from blueline.persistence import queries
 from blueline.persistence.models import PhoneLine
 from blueline.runtime import Runtime
-from blueline.security.access import Caller
+from blueline.security.access import Caller, still_active
 
 
 class Context(BaseContext, kw_only=True):
@@ -25,6 +26,20 @@ class Context(BaseContext, kw_only=True):
     caller: Caller | None = None
     connection_params: dict[str, Any] | None = None
     lines_loader: DataLoader[str, list[PhoneLine]] | None = None
+
+    async def authorize(self) -> str:
+        """The caller's workspace, checked for this operation.
+
+        HTTP requests were authenticated and rate limited by the route guard. A
+        WebSocket authenticated once at connection_init, so each operation re-checks
+        that its key is still active and within its rate.
+        """
+        if self.websocket is not None and self.caller is not None:
+            if not await still_active(self.runtime.db, self.caller):
+                raise GraphQLError("This API key has been revoked")
+            if not self.runtime.api_key_limits.allow(self.caller.api_key_id):
+                raise GraphQLError("Too many requests for this API key; slow down")
+        return self.workspace_id()
 
     def workspace_id(self) -> str:
         caller = self.caller

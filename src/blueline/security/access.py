@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
 
 from blueline import ids
-from blueline.errors import InvalidInput
+from blueline.errors import InvalidInput, NotFound
 from blueline.persistence import queries
 from blueline.persistence.database import Database
 from blueline.persistence.models import ApiKey, Workspace
+from blueline.persistence.types import utcnow
 from blueline.security import api_keys
 
 DEFAULT_WORKSPACE = "default"
+LAST_USED_GRANULARITY = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ async def bootstrap_default_workspace(db: Database) -> str | None:
 
 
 async def authenticate(db: Database, authorization: str | None) -> Caller | None:
+    """The caller behind a bearer key; None for a missing, unknown or revoked key."""
     key = api_keys.parse_bearer(authorization)
     if key is None:
         return None
@@ -71,4 +75,47 @@ async def authenticate(db: Database, authorization: str | None) -> Caller | None
         found = await queries.api_key_by_hash(session, api_keys.digest(key))
     if found is None:
         return None
+    now = utcnow()
+    if found.last_used_at is None or now - found.last_used_at > LAST_USED_GRANULARITY:
+        # Written at most once a minute per key: operators need "recently", not "exactly".
+        async with db.transaction() as session:
+            await queries.touch_api_key(session, found.id)
     return Caller(workspace_id=found.workspace_id, api_key_id=found.id)
+
+
+async def still_active(db: Database, caller: Caller) -> bool:
+    """Re-checked for each WebSocket operation, so a revoked key stops at once."""
+    async with db.session() as session:
+        return await queries.api_key_active(session, caller.api_key_id)
+
+
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    id: str
+    workspace: str
+    display_prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+async def list_api_keys(db: Database, workspace_name: str | None = None) -> list[ApiKeyInfo]:
+    async with db.session() as session:
+        rows = await queries.api_keys_with_workspace(session, workspace_name)
+    return [
+        ApiKeyInfo(
+            id=key.id,
+            workspace=workspace.name,
+            display_prefix=key.display_prefix,
+            created_at=key.created_at,
+            last_used_at=key.last_used_at,
+            revoked_at=key.revoked_at,
+        )
+        for key, workspace in rows
+    ]
+
+
+async def revoke_api_key(db: Database, key_id: str) -> None:
+    async with db.transaction() as session:
+        if not await queries.revoke_api_key(session, key_id):
+            raise NotFound(f"no active API key with id {key_id!r}")

@@ -25,9 +25,9 @@ from blueline.errors import DecryptionFailed
 from blueline.persistence.database import Database
 from blueline.persistence.models import IMessageSetup, SetupState, WebhookDelivery
 from blueline.provisioning.service import AssignResult, assign_line, webhook_secret_aad
+from blueline.rate_limit import RateLimiter
 from blueline.security.vault import Vault
 from blueline.webhooks import signature
-from blueline.webhooks.rate_limit import RateLimiter
 
 logger = logging.getLogger(__name__)
 

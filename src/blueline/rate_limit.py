@@ -1,4 +1,4 @@
-"""Token buckets in bounded memory, for the webhook endpoint.
+"""Token buckets in bounded memory, for the webhook endpoint and API keys.
 
 Keys are client addresses and path setup ids, existing or not, so the limiter treats
 unknown and real setups alike. When the table is full the least recently used bucket

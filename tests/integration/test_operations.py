@@ -1,0 +1,157 @@
+"""Operating the API: production mode, per-key limits, revocation, masked errors,
+health and metrics."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from blueline.persistence.database import Database
+from blueline.security.access import list_api_keys, revoke_api_key
+from blueline.settings import Settings
+from tests.conftest import Api, make_settings
+from tests.integration.test_graphql_setups import create
+from tests.integration.test_subscriptions import UPDATES
+from tests.support.ws import graphql_ws
+
+LIST = "{ imessageSetups { totalCount } }"
+
+
+async def _key_id(database_url: str) -> str:
+    db = Database(database_url)
+    try:
+        [key] = await list_api_keys(db, "clinic-a")
+        return key.id
+    finally:
+        await db.dispose()
+
+
+async def test_revoked_key_is_refused_at_once_over_http_and_for_new_socket_operations(
+    api: Api, server: tuple[str, Settings]
+) -> None:
+    _, settings = server
+    assert "errors" not in await api.graphql(LIST)
+    async with graphql_ws(api.base_url, api.key) as ws:
+        db = Database(settings.database_url)
+        try:
+            await revoke_api_key(db, await _key_id(settings.database_url))
+        finally:
+            await db.dispose()
+        refused = await api.http.post(
+            "/graphql", json={"query": LIST}, headers={"Authorization": f"Bearer {api.key}"}
+        )
+        assert refused.status_code == 401
+        op = await ws.subscribe(UPDATES)
+        assert "revoked" in await ws.expect_error(op)
+
+
+async def test_keys_record_when_they_were_last_used(api: Api, server: tuple[str, Settings]) -> None:
+    _, settings = server
+    await api.data(LIST)
+    db = Database(settings.database_url)
+    try:
+        [key] = await list_api_keys(db, "clinic-a")
+    finally:
+        await db.dispose()
+    assert key.last_used_at is not None
+    assert key.revoked_at is None
+
+
+async def test_unexpected_errors_are_masked_and_logged_with_the_request_id(
+    api: Api, server: tuple[str, Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, settings = server
+    await create(api)
+    db = Database(settings.database_url)
+    try:
+        async with db.transaction() as session:
+            await session.execute(text("ALTER TABLE phone_line RENAME TO phone_line_gone"))
+        with caplog.at_level(logging.ERROR, logger="blueline.graphql"):
+            body = await api.graphql("{ imessageSetups { edges { node { id phoneLineCount } } } }")
+        async with db.transaction() as session:
+            await session.execute(text("ALTER TABLE phone_line_gone RENAME TO phone_line"))
+    finally:
+        await db.dispose()
+    [error] = body["errors"]
+    assert error["message"].startswith("Unexpected error")
+    assert "phone_line" not in error["message"]
+    request_id = error["extensions"]["requestId"]
+    assert request_id
+    assert any(
+        request_id in record.getMessage() or getattr(record, "request_id", None) == request_id
+        for record in caplog.records
+    )
+
+
+async def test_health_readiness_and_metrics(api: Api) -> None:
+    assert (await api.http.get("/healthz")).json() == {"status": "ok"}
+    ready = await api.http.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"database": "ok", "event_bus": "ok"}
+    await api.data("query ListForMetrics " + LIST)
+    metrics = await api.http.get("/metrics")
+    assert metrics.status_code == 200
+    assert metrics.headers["content-type"].startswith("text/plain")
+    text_body = metrics.text
+    assert 'blueline_graphql_requests_total{operation="ListForMetrics",outcome="ok"}' in text_body
+    for name in (
+        "blueline_webhook_deliveries_total",
+        "blueline_provider_call_seconds",
+        "blueline_outbox_publish_delay_seconds",
+        "blueline_subscribers",
+    ):
+        assert name in text_body
+
+
+async def test_responses_carry_a_request_id(api: Api) -> None:
+    response = await api.http.post(
+        "/graphql",
+        json={"query": LIST},
+        headers={"Authorization": f"Bearer {api.key}", "X-Request-ID": "trace-0123456789"},
+    )
+    assert response.headers["x-request-id"] == "trace-0123456789"
+    generated = await api.http.get("/healthz")
+    assert generated.headers["x-request-id"].startswith("req_")
+
+
+class TestProductionMode:
+    @pytest.fixture
+    def settings(self, database_url: str, sandbox_url: str, sandbox: httpx.AsyncClient) -> Settings:
+        return make_settings(database_url, sandbox_url, env="production")
+
+    async def test_no_graphiql_no_get_queries_no_introspection(self, api: Api) -> None:
+        page = await api.http.get("/graphql", headers={"Accept": "text/html"})
+        assert page.status_code >= 400
+        assert "graphiql" not in page.text.lower()
+        via_get = await api.http.get(
+            "/graphql", params={"query": LIST}, headers={"Authorization": f"Bearer {api.key}"}
+        )
+        assert via_get.status_code >= 400
+        body = await api.graphql("{ __schema { types { name } } }")
+        assert body.get("errors")
+        typo = await api.graphql("{ imessageSetupz { totalCount } }")
+        assert "Did you mean" not in typo["errors"][0]["message"]
+        assert "errors" not in await api.graphql(LIST)
+
+
+class TestPerKeyRateLimit:
+    @pytest.fixture
+    def settings(self, database_url: str, sandbox_url: str, sandbox: httpx.AsyncClient) -> Settings:
+        return make_settings(database_url, sandbox_url, graphql_rate_per_key_per_s=1)
+
+    async def test_a_key_over_its_rate_gets_429(self, api: Api) -> None:
+        statuses = [
+            (
+                await api.http.post(
+                    "/graphql",
+                    json={"query": LIST},
+                    headers={"Authorization": f"Bearer {api.key}"},
+                )
+            ).status_code
+            for _ in range(6)
+        ]
+        assert statuses[:2] == [200, 200]
+        assert 429 in statuses
