@@ -24,6 +24,11 @@ _SECRET_VALUES = [
     # Vault ciphertexts are not secrets, but nothing needs them in a log either.
     re.compile(r"\b[A-Za-z0-9\-]{1,32}:[A-Za-z0-9+/]{40,}={0,2}"),
 ]
+# "api_secret': 'x'", "password=x", "token: x" inside an already formatted message.
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?i)((?:secret|password|passwd|token|api_?key|credential|authorization)\w*"
+    r"['\"]?\s*[:=]\s*['\"]?)([^'\",\s}]+)"
+)
 REDACTED = "[redacted]"
 
 
@@ -31,7 +36,7 @@ def _scrub(value: Any) -> Any:
     if isinstance(value, str):
         for pattern in _SECRET_VALUES:
             value = pattern.sub(REDACTED, value)
-        return value
+        return _SECRET_ASSIGNMENT.sub(lambda m: m.group(1) + REDACTED, value)
     if isinstance(value, dict):
         return {
             k: REDACTED if isinstance(k, str) and _SECRET_KEYS.search(k) else _scrub(v)
