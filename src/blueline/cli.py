@@ -24,9 +24,13 @@ def _settings(**overrides: object) -> Settings:
 
 
 def _configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from blueline.observability.logs import configure_logging
+
+    try:
+        production = Settings().is_production
+    except ValidationError:
+        production = False  # the command itself reports the bad configuration
+    configure_logging(json=production)
 
 
 def _migrate(settings: Settings) -> None:
@@ -40,6 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from blueline.app import create_app
     from blueline.persistence.database import Database
+    from blueline.runtime import load_vault
     from blueline.security.access import bootstrap_default_workspace
 
     overrides: dict[str, object] = {}
@@ -58,6 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "production on SQLite: use PostgreSQL (BLUELINE_DATABASE_URL=postgresql+asyncpg://…)"
         )
     _migrate(settings)
+    load_vault(settings, create_keyring=True)
 
     async def bootstrap() -> str | None:
         db = Database(settings.database_url)

@@ -33,10 +33,10 @@ logger = logging.getLogger(__name__)
 EMBEDDED_PROVIDER_PATH = "/_sandbox-provider"
 
 
-def load_vault(settings: Settings) -> Vault:
+def load_vault(settings: Settings, *, create_keyring: bool = False) -> Vault:
     if settings.encryption_keys is not None:
         return Vault(Keyring.parse(settings.encryption_keys.get_secret_value()))
-    return Vault(Keyring.load_or_create_file(settings.keyring_file))
+    return Vault(Keyring.load_or_create_file(settings.keyring_file, create=create_keyring))
 
 
 def provider_base_url(settings: Settings) -> str:

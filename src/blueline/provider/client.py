@@ -20,6 +20,9 @@ from blueline.errors import ProviderRejected, ProviderUnavailable
 
 logger = logging.getLogger(__name__)
 
+# Answers that say "not now" rather than "no": retried like a 5xx.
+_RETRYABLE = frozenset({408, 425, 429})
+
 
 @dataclass(frozen=True)
 class ProviderLine:
@@ -131,10 +134,10 @@ class HttpProviderClient:
                 )
             else:
                 elapsed = loop.time() - started
-                if response.status_code < 500:
+                if response.status_code < 500 and response.status_code not in _RETRYABLE:
                     self._observe(op, str(response.status_code), elapsed)
                     return response
-                self._observe(op, "5xx", elapsed)
+                self._observe(op, str(response.status_code), elapsed)
                 logger.warning(
                     "provider %s attempt %d answered %d", op, attempt + 1, response.status_code
                 )

@@ -42,7 +42,7 @@ from blueline.persistence.models import (
     SetupStatus,
 )
 from blueline.persistence.types import utcnow
-from blueline.provider.client import ProviderClient, ProviderLine, Subaccount
+from blueline.provider.client import ProviderClient, ProviderLine, Subaccount, SubaccountGone
 from blueline.provisioning.validation import fingerprint, validate_setup_input
 from blueline.security.vault import Vault
 
@@ -296,13 +296,18 @@ class Provisioning:
                 account = await self._provider.find_subaccount(setup.id)
                 if account is not None:
                     await self._provider.close_subaccount(account.id)
-            except ProviderUnavailable:
+            except SubaccountGone:
+                pass  # nothing left upstream to close
+            except (ProviderUnavailable, ProviderRejected) as exc:
+                # Until the provider confirms, the row stays FAILED: discarding it would
+                # leave an open subaccount nobody ever looks at again.
+                logger.warning(
+                    "could not close the upstream subaccount of failed setup %s (%s); will retry",
+                    setup.id,
+                    exc.code,
+                )
                 report.deferred += 1
                 continue
-            except ProviderRejected:
-                logger.warning(
-                    "could not close the upstream subaccount of failed setup %s", setup.id
-                )
             async with self._db.transaction() as session:
                 await session.execute(
                     update(IMessageSetup)

@@ -30,6 +30,10 @@ def parse_bearer(header: str | None) -> str | None:
         return None
     scheme, _, token = header.partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token.startswith(KEY_PREFIX) or len(token) > 200:
+    if (
+        scheme.lower() != "bearer"
+        or not token.startswith(KEY_PREFIX)
+        or not len(KEY_PREFIX) + 16 <= len(token) <= 200
+    ):
         return None
     return token

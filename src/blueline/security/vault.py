@@ -64,9 +64,18 @@ class Keyring:
         return f"{kid}:{base64.b64encode(secrets.token_bytes(_KEY_BYTES)).decode()}"
 
     @classmethod
-    def load_or_create_file(cls, path: Path) -> Keyring:
-        """Development only: a local keyring file, created 0600 on first use."""
+    def load_or_create_file(cls, path: Path, *, create: bool = True) -> Keyring:
+        """Development only: a local keyring file, created 0600 on first use.
+
+        Only ``serve`` creates it; other commands refuse to invent a key, since secrets
+        sealed under a key the server does not have would be lost.
+        """
         if not path.exists():
+            if not create:
+                raise ConfigurationError(
+                    f"no keyring: set BLUELINE_ENCRYPTION_KEYS, or run this where "
+                    f"`blueline serve` created {path}"
+                )
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as handle:
                 handle.write(cls.generate_entry() + "\n")
