@@ -40,13 +40,6 @@ def _migrate(settings: Settings) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from blueline.app import create_app
-    from blueline.persistence.database import Database
-    from blueline.runtime import load_vault
-    from blueline.security.access import bootstrap_default_workspace
-
     overrides: dict[str, object] = {}
     if args.host is not None:
         overrides["host"] = args.host
@@ -58,6 +51,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"refusing to start in production: {problem}", file=sys.stderr)
         return 2
+    # Imported after the checks so a refusal is immediate.
+    import uvicorn
+
+    from blueline.app import create_app
+    from blueline.persistence.database import Database
+    from blueline.runtime import load_vault
+    from blueline.security.access import bootstrap_default_workspace
+
     if settings.is_production and settings.database_url.startswith("sqlite"):
         logging.getLogger("blueline").warning(
             "production on SQLite: use PostgreSQL (BLUELINE_DATABASE_URL=postgresql+asyncpg://…)"

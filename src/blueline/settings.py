@@ -21,7 +21,9 @@ class Environment(StrEnum):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="BLUELINE_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="BLUELINE_", extra="ignore", env_parse_none_str="null"
+    )
 
     env: Environment = Environment.DEVELOPMENT
     database_url: str = "sqlite+aiosqlite:///./blueline.db"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 
@@ -23,9 +24,12 @@ query Detail($id: ID!) {
 }"""
 
 
-async def create(api: Api, name: str = "Acme Dental", label: str = "Front desk", **extra: str):
+async def create(
+    api: Api, name: str = "Acme Dental", label: str = "Front desk", **extra: str
+) -> dict[str, Any]:
     data = await api.data(CREATE, {"input": {"businessName": name, "label": label, **extra}})
-    return data["createImessageSetup"]
+    payload: dict[str, Any] = data["createImessageSetup"]
+    return payload
 
 
 async def test_number_available_at_once_comes_back_in_the_create_response(
@@ -70,3 +74,16 @@ async def test_pending_line_goes_live_when_the_provider_places_a_number(
     assert assigned["status"] == "ASSIGNED"
     assert assigned["phoneNumber"].startswith("+")
     assert assigned["requestId"] is None
+
+
+async def test_total_count_is_counted_when_asked_through_a_fragment(api: Api) -> None:
+    await create(api)
+    await create(api, "Second")
+    query = """
+    query { imessageSetups(first: 1) { ...Counted edges { node { id } } } }
+    fragment Counted on IMessageSetupConnection { totalCount pageInfo { hasNextPage } }
+    """
+    listing = (await api.data(query))["imessageSetups"]
+    assert listing["totalCount"] == 2
+    assert len(listing["edges"]) == 1
+    assert listing["pageInfo"]["hasNextPage"] is True

@@ -118,7 +118,7 @@ async def test_subscribers_see_only_their_own_workspace(
         everything = await ws.subscribe(UPDATES)
         foreign = await ws.subscribe(UPDATES, {"setupId": mine["id"]})
         missing = await ws.subscribe(UPDATES, {"setupId": "ims_01ZZZZZZZZZZZZZZZZZZZZZZZZ"})
-        errors = {}
+        errors: dict[str, str] = {}
         while len(errors) < 2:
             message = await ws.receive()
             if message["type"] == "complete":

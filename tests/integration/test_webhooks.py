@@ -39,7 +39,9 @@ class Pending:
     def body(self, number: str = NUMBER, request_id: str | None = None) -> bytes:
         return assignment_body(self.subaccount_id, request_id or self.request_id, number)
 
-    async def post(self, body: bytes, headers: dict[str, str], path: str | None = None):
+    async def post(
+        self, body: bytes, headers: dict[str, str], path: str | None = None
+    ) -> httpx.Response:
         return await self.api.http.post(path or self.url, content=body, headers=headers)
 
     async def deliver(self, body: bytes | None = None, **kwargs: Any) -> httpx.Response:

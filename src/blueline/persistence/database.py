@@ -72,6 +72,15 @@ class Database:
             yield session
 
     @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[AsyncSession]:
+        """A read session whose statements all see one snapshot (REPEATABLE READ on
+        PostgreSQL; SQLite transactions already do)."""
+        async with self.sessionmaker() as session:
+            if self.is_postgresql:
+                await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            yield session
+
+    @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         async with self.sessionmaker() as session, session.begin():
             yield session

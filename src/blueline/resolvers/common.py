@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import Any
 
 from graphql import GraphQLError
+from strawberry.types import Info
+from strawberry.types.nodes import SelectedField, Selection
 
 from blueline import ids
 from blueline.errors import BluelineError, ValidationFailed
@@ -40,3 +43,18 @@ def check_first(first: int) -> int:
 def user_errors(error: BluelineError) -> list[UserError]:
     problems = error.problems if isinstance(error, ValidationFailed) else [error]
     return [UserError(field=p.field, message=p.message, code=p.code) for p in problems]
+
+
+def selects_child(info: Info[Any, Any], name: str) -> bool:
+    """Whether the current field's selection asks for ``name`` (fragments included)."""
+
+    def walk(selections: list[Selection]) -> bool:
+        for selection in selections:
+            if isinstance(selection, SelectedField):
+                if selection.name == name:
+                    return True
+            elif walk(selection.selections):  # an inline fragment or fragment spread
+                return True
+        return False
+
+    return any(walk(field.selections) for field in info.selected_fields)

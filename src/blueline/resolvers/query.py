@@ -6,7 +6,7 @@ import strawberry
 
 from blueline import ids
 from blueline.persistence import queries
-from blueline.resolvers.common import check_first, decode_cursor, encode_cursor
+from blueline.resolvers.common import check_first, decode_cursor, encode_cursor, selects_child
 from blueline.schema.context import AppInfo
 from blueline.schema.types import (
     IMessageSetupConnection,
@@ -43,20 +43,18 @@ class Query:
         limit = check_first(20 if first is None else first)
         after_id = decode_cursor(after) if after is not None else None
         context = info.context
-        db, workspace_id, wanted = (
-            context.runtime.db,
-            await context.authorize(),
-            setup_status(status),
-        )
-        async with db.session() as session:
+        db, workspace_id = context.runtime.db, await context.authorize()
+        wanted = setup_status(status)
+        # The page and the count come from one snapshot, so they never disagree.
+        async with db.snapshot() as session:
             page = await queries.list_setups(
                 session, workspace_id, first=limit, after_id=after_id, status=wanted
             )
-
-        async def total() -> int:
-            async with db.session() as session:
-                return await queries.count_setups(session, workspace_id, wanted)
-
+            total = (
+                await queries.count_setups(session, workspace_id, wanted)
+                if selects_child(info, "totalCount")
+                else None
+            )
         edges = [
             IMessageSetupEdge(
                 cursor=encode_cursor(row.setup.id), node=IMessageSetupType.from_row(row)

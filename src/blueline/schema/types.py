@@ -130,12 +130,12 @@ class IMessageSetupEdge:
 class IMessageSetupConnection:
     edges: list[IMessageSetupEdge]
     page_info: PageInfo
-    _total: strawberry.Private[Any]
+    # Counted only when the query selects it: most list views do not need it per page.
+    _total: strawberry.Private[int | None]
 
     @strawberry.field
-    async def total_count(self) -> int:
-        # Counted only when asked for: the list view rarely needs it on every page.
-        return int(await self._total())
+    def total_count(self) -> int:
+        return self._total or 0
 
 
 @strawberry.type
