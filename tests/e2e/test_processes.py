@@ -11,7 +11,7 @@ import asyncio
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +21,7 @@ import pytest
 
 from blueline.settings import SANDBOX_PARTNER_KEY
 from tests.conftest import Api, keyring_spec
+from tests.e2e.conftest import configure_sandbox
 from tests.e2e.support import (
     BluelineProcess,
     ProcessGroup,
@@ -101,15 +102,6 @@ async def eventually(
         await asyncio.sleep(interval_s)
 
 
-async def configure_sandbox(sandbox: httpx.AsyncClient, **config: Any) -> dict[str, Any]:
-    """Replace the sandbox config; lines are never placed on their own unless asked."""
-    config.setdefault("auto_assign_after_s", None)
-    response = await sandbox.put("/sandbox/config", json=config)
-    response.raise_for_status()
-    body: dict[str, Any] = response.json()
-    return body
-
-
 async def upstream_subaccounts(
     sandbox: httpx.AsyncClient, external_id: str | None = None
 ) -> list[dict[str, Any]]:
@@ -159,38 +151,6 @@ def sqlite_files(directory: Path) -> set[Path]:
 
 
 # ------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[ProcessGroup]:
-    """Every process a test starts; all are stopped at the end, even after a failure."""
-    group = ProcessGroup(tmp_path / "logs")
-    try:
-        yield group
-    finally:
-        group.stop_all()
-        # Shown by pytest only when the test failed.
-        print(group.report())
-
-
-@pytest.fixture(scope="module")
-def sandbox_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BluelineProcess]:
-    """One provider simulator for the module; each test resets its config."""
-    workdir = tmp_path_factory.mktemp("sandbox-provider")
-    group = ProcessGroup(workdir / "logs")
-    try:
-        yield group.sandbox_provider(port=free_port(), env=clean_env(), cwd=workdir)
-    finally:
-        group.stop_all()
-
-
-@pytest.fixture
-async def sandbox(sandbox_process: BluelineProcess) -> AsyncIterator[httpx.AsyncClient]:
-    """The simulator's control API, with its defaults restored before and after a test."""
-    async with httpx.AsyncClient(base_url=sandbox_process.base_url, timeout=10) as client:
-        await configure_sandbox(client)
-        yield client
-        await configure_sandbox(client)
 
 
 @dataclass
