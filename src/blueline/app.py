@@ -25,6 +25,7 @@ from blueline.provider.sandbox import create_sandbox_app
 from blueline.runtime import EMBEDDED_PROVIDER_PATH, Runtime, open_runtime
 from blueline.schema import build_schema
 from blueline.schema.context import Context, get_context
+from blueline.schema.websocket import pinging_handler
 from blueline.security.access import authenticate
 from blueline.settings import Settings
 from blueline.webhooks.routes import receive_imessage_webhook
@@ -58,12 +59,14 @@ def graphql_controller(settings: Settings) -> type:
         context_getter=get_context,
         graphql_ide=None if settings.is_production else "graphiql",
         allow_queries_via_get=not settings.is_production,
+        # Legacy graphql-ws keep-alives; graphql-transport-ws pings come from the handler.
         keep_alive=True,
-        keep_alive_interval=15,
+        keep_alive_interval=settings.ws_keep_alive_interval_s,
     )
 
     class GraphQLController(base):  # type: ignore[valid-type,misc]
         guards = [require_api_key]
+        graphql_transport_ws_handler_class = pinging_handler(settings.ws_keep_alive_interval_s)
 
         async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
             params = context.connection_params or {}

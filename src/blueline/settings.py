@@ -62,6 +62,8 @@ class Settings(BaseSettings):
 
     # Subscription fan-out: each client gets a bounded queue.
     subscriber_queue_size: int = 1000
+    # Server pings on idle GraphQL WebSockets, so proxies keep them open and dead peers show.
+    ws_keep_alive_interval_s: float = Field(default=15.0, gt=0)
 
     @property
     def is_production(self) -> bool:

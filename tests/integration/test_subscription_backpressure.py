@@ -1,8 +1,10 @@
-"""A subscriber that cannot keep up is closed with a clear code instead of growing memory."""
+"""A subscriber that cannot keep up is closed with a clear code instead of growing memory;
+an idle one is kept alive with pings."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import pytest
@@ -23,7 +25,9 @@ from tests.support.ws import graphql_ws
 
 @pytest.fixture
 def settings(database_url: str, sandbox_url: str, sandbox: httpx.AsyncClient) -> Settings:
-    return make_settings(database_url, sandbox_url, subscriber_queue_size=3)
+    return make_settings(
+        database_url, sandbox_url, subscriber_queue_size=3, ws_keep_alive_interval_s=0.2
+    )
 
 
 async def burst_of_events(database_url: str, setup_id: str, count: int) -> None:
@@ -63,3 +67,10 @@ async def test_slow_subscriber_is_closed_with_the_slow_consumer_code(
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == CLOSE_SLOW_CONSUMER
     assert "after" in closed.value.rcvd.reason
+
+
+async def test_idle_sockets_get_keep_alive_pings(api: Api) -> None:
+    async with graphql_ws(api.base_url, api.key) as ws:
+        await ws.subscribe(UPDATES)
+        message = json.loads(await asyncio.wait_for(ws.ws.recv(), timeout=5))
+        assert message["type"] == "ping"
