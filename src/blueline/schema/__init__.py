@@ -22,6 +22,7 @@ from blueline.resolvers.mutation import Mutation
 from blueline.resolvers.query import Query
 from blueline.resolvers.subscription import Subscription
 from blueline.schema.extensions import MaskUnexpectedErrors, OperationMetrics
+from blueline.schema.fast_paths import SetupListFastPath
 from blueline.schema.types import IMessageSetupType, PhoneLineType
 
 MAX_DEPTH = 10
@@ -36,7 +37,7 @@ class BluelineSchema(strawberry.Schema):
         return None
 
 
-def build_schema(*, production: bool = False) -> BluelineSchema:
+def build_schema(*, production: bool = False, fast_paths: bool = True) -> BluelineSchema:
     extensions: list[Callable[[], SchemaExtension] | type[SchemaExtension]] = [
         lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
         lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
@@ -46,6 +47,8 @@ def build_schema(*, production: bool = False) -> BluelineSchema:
         ParserCache,
         ValidationCache,
     ]
+    if fast_paths:
+        extensions.append(SetupListFastPath)
     if production:
         from strawberry.extensions import DisableIntrospection
 
