@@ -11,6 +11,7 @@ from datetime import datetime
 
 from sqlalchemy import ScalarSelect, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 from sqlmodel import col
 
 from blueline.persistence.models import (
@@ -39,6 +40,13 @@ class SetupPage:
     has_next_page: bool
 
 
+# Read views never need the sealed secrets: leave them in the database.
+_WITHOUT_SECRETS = tuple(
+    defer(getattr(IMessageSetup, name))
+    for name in ("credentials_enc", "webhook_secret_enc", "input_fingerprint", "failure_reason")
+)
+
+
 def _line_count() -> ScalarSelect[int]:
     return (
         select(func.count(col(PhoneLine.id)))
@@ -60,6 +68,7 @@ async def list_setups(
     count = _line_count()
     query = (
         select(IMessageSetup, count)
+        .options(*_WITHOUT_SECRETS)
         .where(col(IMessageSetup.workspace_id) == workspace_id)
         .where(col(IMessageSetup.state) == SetupState.READY)
         .order_by(col(IMessageSetup.id).desc())
@@ -89,6 +98,7 @@ async def count_setups(session: AsyncSession, workspace_id: str, status: SetupSt
 async def get_setup_row(session: AsyncSession, workspace_id: str, setup_id: str) -> SetupRow | None:
     query = (
         select(IMessageSetup, _line_count())
+        .options(*_WITHOUT_SECRETS)
         .where(col(IMessageSetup.id) == setup_id)
         .where(col(IMessageSetup.workspace_id) == workspace_id)
         .where(col(IMessageSetup.state) == SetupState.READY)
@@ -102,6 +112,7 @@ async def get_setup_rows(
 ) -> dict[str, SetupRow]:
     query = (
         select(IMessageSetup, _line_count())
+        .options(*_WITHOUT_SECRETS)
         .where(col(IMessageSetup.id).in_(setup_ids))
         .where(col(IMessageSetup.workspace_id) == workspace_id)
         .where(col(IMessageSetup.state) == SetupState.READY)
