@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -32,7 +33,7 @@ class EventBus(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def publish(self, event: LineEvent) -> None: ...
+    async def publish_many(self, events: Sequence[LineEvent]) -> None: ...
 
     async def ping(self) -> None: ...
 
@@ -49,8 +50,9 @@ class MemoryBus:
     async def stop(self) -> None:
         self.hub.broadcast(Signal.CLOSED)
 
-    async def publish(self, event: LineEvent) -> None:
-        self.hub.deliver(event)
+    async def publish_many(self, events: Sequence[LineEvent]) -> None:
+        for event in events:
+            self.hub.deliver(event)
 
     async def ping(self) -> None:
         return None
@@ -85,8 +87,12 @@ class RedisBus:
         self.hub.broadcast(Signal.CLOSED)
         await self._redis.aclose()
 
-    async def publish(self, event: LineEvent) -> None:
-        await self._redis.publish(CHANNEL_PREFIX + event.workspace_id, event.to_message())
+    async def publish_many(self, events: Sequence[LineEvent]) -> None:
+        # One round trip for the batch; order is kept within the pipeline.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                pipe.publish(CHANNEL_PREFIX + event.workspace_id, event.to_message())
+            await pipe.execute()
 
     async def ping(self) -> None:
         if not self._listening.is_set():

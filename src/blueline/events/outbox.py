@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from blueline import ids
-from blueline.persistence.models import Event, IMessageSetup, PhoneLine
+from blueline.persistence.models import Event
+from blueline.persistence.types import utcnow
 
 LINE_REQUESTED = "line.requested"
 LINE_ASSIGNED = "line.assigned"
@@ -25,7 +27,41 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def snapshot(setup: IMessageSetup, line: PhoneLine, line_count: int) -> dict[str, Any]:
+class SetupFields(Protocol):
+    """What an event records of a setup: an ORM row or a RETURNING row alike."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def workspace_id(self) -> str: ...
+    @property
+    def business_name(self) -> str: ...
+    @property
+    def label(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def updated_at(self) -> datetime: ...
+
+
+class LineFields(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def phone_number(self) -> str | None: ...
+    @property
+    def request_id(self) -> str | None: ...
+    @property
+    def requested_at(self) -> datetime: ...
+    @property
+    def assigned_at(self) -> datetime | None: ...
+
+
+def snapshot(setup: SetupFields, line: LineFields, line_count: int) -> dict[str, Any]:
     return {
         "setup": {
             "id": setup.id,
@@ -47,19 +83,25 @@ def snapshot(setup: IMessageSetup, line: PhoneLine, line_count: int) -> dict[str
     }
 
 
-def record(
-    session: AsyncSession, event_type: str, setup: IMessageSetup, line: PhoneLine, line_count: int
-) -> Event:
-    event = Event(
-        id=ids.new_id(ids.EVENT),
-        workspace_id=setup.workspace_id,
-        setup_id=setup.id,
-        line_id=line.id,
-        type=event_type,
-        payload=json.dumps(snapshot(setup, line, line_count), separators=(",", ":")),
+async def record(
+    session: AsyncSession,
+    event_type: str,
+    setup: SetupFields,
+    line: LineFields,
+    line_count: int,
+) -> None:
+    """One INSERT in the caller's transaction; nothing is published before it commits."""
+    await session.execute(
+        insert(Event).values(
+            id=ids.new_id(ids.EVENT),
+            workspace_id=setup.workspace_id,
+            setup_id=setup.id,
+            line_id=line.id,
+            type=event_type,
+            payload=json.dumps(snapshot(setup, line, line_count), separators=(",", ":")),
+            created_at=utcnow(),
+        )
     )
-    session.add(event)
-    return event
 
 
 @dataclass(frozen=True)
@@ -103,7 +145,8 @@ class LineEvent:
         )
 
     @classmethod
-    def from_row(cls, row: Event) -> LineEvent:
+    def from_row(cls, row: Any) -> LineEvent:
+        """From an ``Event`` model or a row of the event table."""
         assert row.seq is not None
         return cls(
             seq=row.seq,

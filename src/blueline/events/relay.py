@@ -6,6 +6,8 @@ one relay at a time publishes. The pass is one transaction: if publishing fails,
 sequence numbers roll back with it and the next pass tries again, so a bus outage
 delays events and loses none. A crash after publishing but before commit can publish
 an event twice; subscribers drop anything at or below the last seq they delivered.
+Sequenced and published are one step, so ``published_at`` is set exactly when ``seq``
+is.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import logging
 from collections.abc import Callable
 
 from sqlalchemy import func, select, text, update
-from sqlmodel import col
 
 from blueline.events.bus import EventBus
 from blueline.events.outbox import LineEvent
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 # Arbitrary constant naming the relay's advisory lock.
 _RELAY_LOCK_KEY = 0x426C75656C696E65  # "Blueline"
 _BATCH = 500
+_EVENTS = Event.__table__  # type: ignore[attr-defined]
 
 
 class Relay:
@@ -81,60 +83,46 @@ class Relay:
                 backoff = min(max(backoff * 2, 0.1), 5.0)
 
     async def pass_once(self) -> int:
-        """Sequence and publish one batch; returns how many events went out."""
+        """Sequence and publish one batch; returns how many events went out.
+
+        One UPDATE numbers the oldest unpublished events after the highest seq and
+        marks them published, returning them; they are then published in one round
+        trip, and the transaction commits only if that succeeded.
+        """
         async with self._lock, self._db.transaction() as session:
             if self._db.is_postgresql:
                 await session.execute(
                     text("SELECT pg_advisory_xact_lock(:key)"), {"key": _RELAY_LOCK_KEY}
                 )
-            unsequenced = (
-                (
-                    await session.execute(
-                        select(col(Event.id))
-                        .where(col(Event.seq).is_(None))
-                        .order_by(col(Event.id))
-                        .limit(_BATCH)
-                    )
+            waiting = (
+                select(
+                    _EVENTS.c.id,
+                    func.row_number().over(order_by=_EVENTS.c.id).label("position"),
                 )
-                .scalars()
-                .all()
+                .where(_EVENTS.c.published_at.is_(None))
+                .order_by(_EVENTS.c.id)
+                .limit(_BATCH)
+                .subquery()
             )
-            if unsequenced:
-                top = (await session.execute(select(func.max(col(Event.seq))))).scalar_one()
-                next_seq = int(top or 0)
-                for event_id in unsequenced:
-                    next_seq += 1
-                    await session.execute(
-                        update(Event).where(col(Event.id) == event_id).values(seq=next_seq)
-                    )
+            highest = select(func.coalesce(func.max(_EVENTS.c.seq), 0)).scalar_subquery()
+            now = utcnow()
             rows = (
-                (
-                    await session.execute(
-                        select(Event)
-                        .where(col(Event.published_at).is_(None))
-                        .where(col(Event.seq).is_not(None))
-                        .order_by(col(Event.seq))
-                        .limit(_BATCH)
-                    )
+                await session.execute(
+                    update(_EVENTS)
+                    .where(_EVENTS.c.id == waiting.c.id)
+                    .values(seq=highest + waiting.c.position, published_at=now)
+                    .returning(*_EVENTS.c)
                 )
-                .scalars()
-                .all()
-            )
+            ).all()
             if not rows:
                 metrics().outbox_pending.set(0)
                 return 0
-            for row in rows:
-                await self._bus.publish(LineEvent.from_row(row))
-            now = utcnow()
-            m = metrics()
-            for row in rows:
-                m.outbox_publish_delay.observe((now - row.created_at).total_seconds())
-            await session.execute(
-                update(Event)
-                .where(col(Event.id).in_([row.id for row in rows]))
-                .values(published_at=now)
-            )
+            events = sorted((LineEvent.from_row(row) for row in rows), key=lambda e: e.seq)
+            await self._bus.publish_many(events)
+        m = metrics()
+        for row in rows:
+            m.outbox_publish_delay.observe((now - row.created_at).total_seconds())
         m.outbox_published.inc(len(rows))
-        m.outbox_pending.set(max(len(unsequenced) - len(rows), 0))
+        m.outbox_pending.set(0 if len(rows) < _BATCH else _BATCH)
         self._on_published(len(rows))
         return len(rows)

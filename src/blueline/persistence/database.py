@@ -28,7 +28,10 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     if not is_sqlite(url):
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 20)
-        kwargs.setdefault("pool_pre_ping", True)
+        # No pre-ping: it costs a round trip on every checkout, on every request. A
+        # connection broken by a database restart fails one request (webhooks are
+        # retried by the provider) and is then replaced; recycling bounds their age.
+        kwargs.setdefault("pool_recycle", 1800)
         return create_async_engine(url, **kwargs)
     engine = create_async_engine(url, **kwargs)
 

@@ -158,18 +158,6 @@ async def lock_setup(session: AsyncSession, setup_id: str) -> IMessageSetup | No
     return (await session.execute(query)).scalars().first()
 
 
-async def lock_line_by_request(
-    session: AsyncSession, setup_id: str, request_id: str
-) -> PhoneLine | None:
-    query = (
-        select(PhoneLine)
-        .where(col(PhoneLine.request_id) == request_id)
-        .where(col(PhoneLine.setup_id) == setup_id)
-        .with_for_update()
-    )
-    return (await session.execute(query)).scalars().first()
-
-
 async def find_by_idempotency_key(
     session: AsyncSession, workspace_id: str, key: str
 ) -> IMessageSetup | None:

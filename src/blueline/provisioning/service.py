@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -66,34 +66,58 @@ class AssignResult(StrEnum):
     UNKNOWN_REQUEST = "unknown_request"
 
 
+_LINES = PhoneLine.__table__  # type: ignore[attr-defined]
+_SETUPS = IMessageSetup.__table__  # type: ignore[attr-defined]
+
+
 async def assign_line(
     session: AsyncSession, setup_id: str, request_id: str, phone_number: str
 ) -> AssignResult:
     """Move a pending line to ASSIGNED, forward only, and record its event.
 
     The one path for webhooks and reconciliation alike, so both yield the same events
-    and the same idempotency.
+    and the same idempotency. The conditional UPDATE is the lock: of two concurrent
+    deliveries one updates the row, the other then finds it assigned. Written as a few
+    Core statements because this is the hot path of webhook intake.
     """
-    line = await queries.lock_line_by_request(session, setup_id, request_id)
-    if line is None:
-        return AssignResult.UNKNOWN_REQUEST
-    if line.status == LineStatus.ASSIGNED:
-        return (
-            AssignResult.DUPLICATE if line.phone_number == phone_number else AssignResult.CONFLICT
-        )
-    setup = await queries.lock_setup(session, setup_id)
-    assert setup is not None
     now = utcnow()
-    line.status = LineStatus.ASSIGNED
-    line.phone_number = phone_number
-    line.assigned_at = now
-    setup.status = SetupStatus.ACTIVE
-    setup.updated_at = now
-    session.add_all([line, setup])
-    outbox.record(
-        session, outbox.LINE_ASSIGNED, setup, line, await queries.count_lines(session, setup_id)
-    )
-    await session.flush()
+    line = (
+        await session.execute(
+            update(_LINES)
+            .where(_LINES.c.setup_id == setup_id)
+            .where(_LINES.c.request_id == request_id)
+            .where(_LINES.c.status == LineStatus.PENDING)
+            .values(status=LineStatus.ASSIGNED, phone_number=phone_number, assigned_at=now)
+            .returning(*_LINES.c)
+        )
+    ).first()
+    if line is None:
+        existing = (
+            await session.execute(
+                select(_LINES.c.phone_number)
+                .where(_LINES.c.setup_id == setup_id)
+                .where(_LINES.c.request_id == request_id)
+            )
+        ).first()
+        if existing is None:
+            return AssignResult.UNKNOWN_REQUEST
+        return (
+            AssignResult.DUPLICATE
+            if existing.phone_number == phone_number
+            else AssignResult.CONFLICT
+        )
+    line_count = (
+        select(func.count()).select_from(_LINES).where(_LINES.c.setup_id == setup_id)
+    ).scalar_subquery()
+    setup = (
+        await session.execute(
+            update(_SETUPS)
+            .where(_SETUPS.c.id == setup_id)
+            .values(status=SetupStatus.ACTIVE, updated_at=now)
+            .returning(*_SETUPS.c, line_count.label("line_count"))
+        )
+    ).one()
+    await outbox.record(session, outbox.LINE_ASSIGNED, setup, line, int(setup.line_count))
     return AssignResult.APPLIED
 
 
@@ -220,12 +244,12 @@ class Provisioning:
             setup.state = SetupState.READY
             setup.updated_at = utcnow()
             for count, provider_line in enumerate(account.lines, start=1):
-                self._add_line(session, setup, provider_line, count)
+                await self._add_line(session, setup, provider_line, count)
             session.add(setup)
         self._on_commit()
         return True
 
-    def _add_line(
+    async def _add_line(
         self, session: AsyncSession, setup: IMessageSetup, provider_line: ProviderLine, count: int
     ) -> PhoneLine:
         now = utcnow()
@@ -244,7 +268,7 @@ class Provisioning:
             setup.status = SetupStatus.ACTIVE
         session.add(line)
         event_type = outbox.LINE_ASSIGNED if assigned else outbox.LINE_REQUESTED
-        outbox.record(session, event_type, setup, line, count)
+        await outbox.record(session, event_type, setup, line, count)
         return line
 
     # -- more lines -----------------------------------------------------------------
@@ -260,7 +284,7 @@ class Provisioning:
             assert setup is not None
             count = await queries.count_lines(session, setup_id) + 1
             setup.updated_at = utcnow()
-            line = self._add_line(session, setup, provider_line, count)
+            line = await self._add_line(session, setup, provider_line, count)
             session.add(setup)
         self._on_commit()
         return line

@@ -16,14 +16,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import col
+from sqlalchemy import Row, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from blueline import ids
 from blueline.errors import DecryptionFailed
 from blueline.persistence.database import Database
 from blueline.persistence.models import IMessageSetup, SetupState, WebhookDelivery
+from blueline.persistence.types import utcnow
 from blueline.provisioning.service import AssignResult, assign_line, webhook_secret_aad
 from blueline.rate_limit import RateLimiter
 from blueline.security.vault import Vault
@@ -34,6 +35,8 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
 E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 DECOY_SETUP_ID = "ims_00000000000000000000000000"
+_SETUPS = IMessageSetup.__table__  # type: ignore[attr-defined]
+_DELIVERIES = WebhookDelivery.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -52,13 +55,6 @@ DUPLICATE = Answer(200, {"status": "accepted"}, "duplicate")
 IGNORED = Answer(200, {"status": "ignored"}, "ignored")
 UNKNOWN_REQUEST = Answer(404, {"error": "unknown line request"}, "unknown_request")
 CONFLICT = Answer(409, {"error": "line already assigned to another number"}, "conflict")
-
-_OUTCOME_ANSWERS = {
-    "applied": DUPLICATE,
-    "duplicate": DUPLICATE,
-    "ignored": IGNORED,
-    "conflict": CONFLICT,
-}
 
 
 @dataclass(frozen=True)
@@ -120,16 +116,17 @@ class WebhookIntake:
             signature.generate_secret(), aad=webhook_secret_aad(DECOY_SETUP_ID)
         )
 
-    async def _secret_of(self, setup_id: str) -> tuple[IMessageSetup | None, str]:
+    async def _secret_of(self, setup_id: str) -> tuple[Row[Any] | None, str]:
         # A malformed id still costs one lookup (of the decoy), so it takes the same time.
         lookup = setup_id if ids.prefix_of(setup_id) == ids.SETUP else DECOY_SETUP_ID
         async with self._db.session() as session:
-            result = await session.execute(
-                select(IMessageSetup)
-                .where(col(IMessageSetup.id) == lookup)
-                .where(col(IMessageSetup.state) == SetupState.READY)
-            )
-            setup = result.scalars().first()
+            setup = (
+                await session.execute(
+                    select(_SETUPS.c.id, _SETUPS.c.subaccount_id, _SETUPS.c.webhook_secret_enc)
+                    .where(_SETUPS.c.id == lookup)
+                    .where(_SETUPS.c.state == SetupState.READY)
+                )
+            ).first()
         if setup is None or setup.webhook_secret_enc is None:
             token, aad, setup = self._decoy, webhook_secret_aad(DECOY_SETUP_ID), None
         else:
@@ -162,63 +159,28 @@ class WebhookIntake:
         event_type, assignment = parsed
         if assignment is not None and assignment.subaccount_id != setup.subaccount_id:
             return MALFORMED
-        try:
-            return await self._apply(setup.id, webhook_id, event_type, assignment)
-        except IntegrityError:
-            # Most likely a concurrent copy of this delivery committed first: answer as
-            # it was answered. Anything else is a real failure the provider must retry.
-            recorded = await self._recorded_answer(setup.id, webhook_id)
-            if recorded is None:
-                raise
-            return recorded
-
-    async def _recorded_answer(self, setup_id: str, webhook_id: str) -> Answer | None:
-        async with self._db.session() as session:
-            outcome = (
-                await session.execute(
-                    select(col(WebhookDelivery.outcome))
-                    .where(col(WebhookDelivery.setup_id) == setup_id)
-                    .where(col(WebhookDelivery.webhook_id) == webhook_id)
-                )
-            ).scalar_one_or_none()
-        if outcome is None:
-            return None
-        return _OUTCOME_ANSWERS.get(outcome, UNKNOWN_REQUEST)
+        return await self._apply(setup.id, webhook_id, event_type, assignment)
 
     async def _apply(
         self, setup_id: str, webhook_id: str, event_type: str, assignment: Assignment | None
     ) -> Answer:
+        """Apply and record in one transaction.
+
+        A re-delivery is evaluated again rather than looked up: assignments only move
+        forward, so the same delivery always yields the same answer and never a second
+        change, and a delivery that once named an unknown request is applied once the
+        line exists.
+        """
         async with self._db.transaction() as session:
-            delivery = (
-                (
-                    await session.execute(
-                        select(WebhookDelivery)
-                        .where(col(WebhookDelivery.setup_id) == setup_id)
-                        .where(col(WebhookDelivery.webhook_id) == webhook_id)
-                        .with_for_update()
-                    )
-                )
-                .scalars()
-                .first()
+            result = (
+                await assign_line(session, setup_id, assignment.request_id, assignment.phone_number)
+                if assignment is not None
+                else None
             )
-            if delivery is not None and delivery.outcome in _OUTCOME_ANSWERS:
-                return _OUTCOME_ANSWERS[delivery.outcome]
-            if delivery is None:
-                delivery = WebhookDelivery(
-                    id=ids.new_id(ids.DELIVERY),
-                    setup_id=setup_id,
-                    webhook_id=webhook_id,
-                    event_type=event_type[:64],
-                    outcome="ignored",
-                )
-            if assignment is None:
-                session.add(delivery)
-                return IGNORED
-            result = await assign_line(
-                session, setup_id, assignment.request_id, assignment.phone_number
-            )
-            delivery.outcome = str(result)
-            session.add(delivery)
+            outcome = str(result) if result is not None else "ignored"
+            await session.execute(self._record(setup_id, webhook_id, event_type, outcome))
+        if result is None:
+            return IGNORED
         if result is AssignResult.APPLIED:
             self._on_applied()
             return ACCEPTED
@@ -228,7 +190,25 @@ class WebhookIntake:
             logger.warning(
                 "conflicting assignment refused: setup %s request %s already has another number",
                 setup_id,
-                assignment.request_id,
+                assignment.request_id if assignment else "",
             )
             return CONFLICT
         return UNKNOWN_REQUEST
+
+    def _record(self, setup_id: str, webhook_id: str, event_type: str, outcome: str) -> Any:
+        insert = pg_insert if self._db.is_postgresql else sqlite_insert
+        statement = insert(_DELIVERIES).values(
+            id=ids.new_id(ids.DELIVERY),
+            setup_id=setup_id,
+            webhook_id=webhook_id,
+            event_type=event_type[:64],
+            outcome=outcome,
+            received_at=utcnow(),
+        )
+        # The first record of a webhook-id stays; only a delivery that named a request
+        # not yet known is updated once it applies.
+        return statement.on_conflict_do_update(
+            index_elements=["setup_id", "webhook_id"],
+            set_={"outcome": statement.excluded.outcome},
+            where=_DELIVERIES.c.outcome == "unknown_request",
+        )
