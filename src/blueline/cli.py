@@ -83,6 +83,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level="warning",
         ws="websockets-sansio",
+        # Line updates are small; compression costs more memory per socket (~34 KiB)
+        # and CPU per frame than it saves.
+        ws_per_message_deflate=False,
         timeout_graceful_shutdown=10,
     )
     return 0

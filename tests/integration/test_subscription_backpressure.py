@@ -44,7 +44,9 @@ async def burst_of_events(database_url: str, setup_id: str, count: int) -> None:
                 await session.execute(select(PhoneLine).where(col(PhoneLine.setup_id) == setup_id))
             ).scalar_one()
             for _ in range(count):
-                await outbox.record(session, outbox.LINE_REQUESTED, setup, line, 1)
+                await outbox.record(
+                    await session.connection(), outbox.LINE_REQUESTED, setup, line, 1
+                )
     finally:
         await db.dispose()
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from blueline import ids
 from blueline.persistence.models import Event
@@ -83,24 +83,28 @@ def snapshot(setup: SetupFields, line: LineFields, line_count: int) -> dict[str,
     }
 
 
+_INSERT = insert(Event)
+
+
 async def record(
-    session: AsyncSession,
+    conn: AsyncConnection,
     event_type: str,
     setup: SetupFields,
     line: LineFields,
     line_count: int,
 ) -> None:
     """One INSERT in the caller's transaction; nothing is published before it commits."""
-    await session.execute(
-        insert(Event).values(
-            id=ids.new_id(ids.EVENT),
-            workspace_id=setup.workspace_id,
-            setup_id=setup.id,
-            line_id=line.id,
-            type=event_type,
-            payload=json.dumps(snapshot(setup, line, line_count), separators=(",", ":")),
-            created_at=utcnow(),
-        )
+    await conn.execute(
+        _INSERT,
+        {
+            "id": ids.new_id(ids.EVENT),
+            "workspace_id": setup.workspace_id,
+            "setup_id": setup.id,
+            "line_id": line.id,
+            "type": event_type,
+            "payload": json.dumps(snapshot(setup, line, line_count), separators=(",", ":")),
+            "created_at": utcnow(),
+        },
     )
 
 

@@ -7,8 +7,8 @@ writes is completed by :meth:`Provisioning.recover_setups`, which the provider's
 idempotency on ``external_id`` makes safe to run at any time.
 
 This service owns its transactions because a create spans two of them around a
-network call; the single-transaction paths (:func:`assign_line`) take a session and
-leave the commit to the boundary.
+network call; the single-transaction path (:func:`~blueline.provisioning.assignment.
+assign_line`) takes a connection and leaves the commit to its caller.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from enum import StrEnum
 
-from sqlalchemy import func, select, update
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -43,6 +42,7 @@ from blueline.persistence.models import (
 )
 from blueline.persistence.types import utcnow
 from blueline.provider.client import ProviderClient, ProviderLine, Subaccount, SubaccountGone
+from blueline.provisioning.assignment import AssignResult, assign_line
 from blueline.provisioning.validation import fingerprint, validate_setup_input
 from blueline.security.vault import Vault
 
@@ -57,68 +57,6 @@ def credentials_aad(setup_id: str) -> str:
 
 def webhook_secret_aad(setup_id: str) -> str:
     return f"imessage_setup:{setup_id}:webhook_secret"
-
-
-class AssignResult(StrEnum):
-    APPLIED = "applied"
-    DUPLICATE = "duplicate"  # already assigned to this number: nothing to do
-    CONFLICT = "conflict"  # already assigned to another number: refused
-    UNKNOWN_REQUEST = "unknown_request"
-
-
-_LINES = PhoneLine.__table__  # type: ignore[attr-defined]
-_SETUPS = IMessageSetup.__table__  # type: ignore[attr-defined]
-
-
-async def assign_line(
-    session: AsyncSession, setup_id: str, request_id: str, phone_number: str
-) -> AssignResult:
-    """Move a pending line to ASSIGNED, forward only, and record its event.
-
-    The one path for webhooks and reconciliation alike, so both yield the same events
-    and the same idempotency. The conditional UPDATE is the lock: of two concurrent
-    deliveries one updates the row, the other then finds it assigned. Written as a few
-    Core statements because this is the hot path of webhook intake.
-    """
-    now = utcnow()
-    line = (
-        await session.execute(
-            update(_LINES)
-            .where(_LINES.c.setup_id == setup_id)
-            .where(_LINES.c.request_id == request_id)
-            .where(_LINES.c.status == LineStatus.PENDING)
-            .values(status=LineStatus.ASSIGNED, phone_number=phone_number, assigned_at=now)
-            .returning(*_LINES.c)
-        )
-    ).first()
-    if line is None:
-        existing = (
-            await session.execute(
-                select(_LINES.c.phone_number)
-                .where(_LINES.c.setup_id == setup_id)
-                .where(_LINES.c.request_id == request_id)
-            )
-        ).first()
-        if existing is None:
-            return AssignResult.UNKNOWN_REQUEST
-        return (
-            AssignResult.DUPLICATE
-            if existing.phone_number == phone_number
-            else AssignResult.CONFLICT
-        )
-    line_count = (
-        select(func.count()).select_from(_LINES).where(_LINES.c.setup_id == setup_id)
-    ).scalar_subquery()
-    setup = (
-        await session.execute(
-            update(_SETUPS)
-            .where(_SETUPS.c.id == setup_id)
-            .values(status=SetupStatus.ACTIVE, updated_at=now)
-            .returning(*_SETUPS.c, line_count.label("line_count"))
-        )
-    ).one()
-    await outbox.record(session, outbox.LINE_ASSIGNED, setup, line, int(setup.line_count))
-    return AssignResult.APPLIED
 
 
 @dataclass
@@ -268,7 +206,7 @@ class Provisioning:
             setup.status = SetupStatus.ACTIVE
         session.add(line)
         event_type = outbox.LINE_ASSIGNED if assigned else outbox.LINE_REQUESTED
-        await outbox.record(session, event_type, setup, line, count)
+        await outbox.record(await session.connection(), event_type, setup, line, count)
         return line
 
     # -- more lines -----------------------------------------------------------------
@@ -363,7 +301,9 @@ class Provisioning:
                 if number is None:
                     continue
                 async with self._db.transaction() as session:
-                    result = await assign_line(session, setup.id, line.request_id or "", number)
+                    result = await assign_line(
+                        await session.connection(), setup.id, line.request_id or "", number
+                    )
                 if result is AssignResult.APPLIED:
                     report.lines_assigned += 1
                     self._on_commit()

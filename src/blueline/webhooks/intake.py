@@ -16,16 +16,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from blueline import ids
 from blueline.errors import DecryptionFailed
 from blueline.persistence.database import Database
 from blueline.persistence.models import IMessageSetup, SetupState, WebhookDelivery
 from blueline.persistence.types import utcnow
-from blueline.provisioning.service import AssignResult, assign_line, webhook_secret_aad
+from blueline.provisioning.assignment import AssignResult, assign_line
+from blueline.provisioning.service import webhook_secret_aad
 from blueline.rate_limit import RateLimiter
 from blueline.security.vault import Vault
 from blueline.webhooks import signature
@@ -86,6 +88,24 @@ def parse_event(body: bytes) -> tuple[str, Assignment | None] | None:
     return data["type"], Assignment(subaccount_id, request_id, number)
 
 
+_SECRET_LOOKUP = (
+    select(_SETUPS.c.id, _SETUPS.c.subaccount_id, _SETUPS.c.webhook_secret_enc)
+    .where(_SETUPS.c.id == bindparam("w_setup"))
+    .where(_SETUPS.c.state == SetupState.READY.value)
+)
+
+
+def _record_delivery_statement(postgresql: bool) -> Any:
+    """INSERT of the delivery log entry; the first record of a webhook-id stays, except
+    that one which named a request not yet known is updated once it applies."""
+    statement = (pg_insert if postgresql else sqlite_insert)(_DELIVERIES)
+    return statement.on_conflict_do_update(
+        index_elements=["setup_id", "webhook_id"],
+        set_={"outcome": statement.excluded.outcome},
+        where=_DELIVERIES.c.outcome == "unknown_request",
+    )
+
+
 class WebhookLimits:
     """Per client address and per path setup id, the same for real and unknown setups."""
 
@@ -112,21 +132,17 @@ class WebhookIntake:
         self._vault = vault
         self._on_applied = on_applied
         self._clock = clock
+        self._record_delivery = _record_delivery_statement(db.is_postgresql)
         self._decoy = vault.encrypt(
             signature.generate_secret(), aad=webhook_secret_aad(DECOY_SETUP_ID)
         )
 
-    async def _secret_of(self, setup_id: str) -> tuple[Row[Any] | None, str]:
+    async def _secret_of(self, conn: AsyncConnection, setup_id: str) -> tuple[Row[Any] | None, str]:
         # A malformed id still costs one lookup (of the decoy), so it takes the same time.
         lookup = setup_id if ids.prefix_of(setup_id) == ids.SETUP else DECOY_SETUP_ID
-        async with self._db.session() as session:
-            setup = (
-                await session.execute(
-                    select(_SETUPS.c.id, _SETUPS.c.subaccount_id, _SETUPS.c.webhook_secret_enc)
-                    .where(_SETUPS.c.id == lookup)
-                    .where(_SETUPS.c.state == SetupState.READY)
-                )
-            ).first()
+        setup = (await conn.execute(_SECRET_LOOKUP, {"w_setup": lookup})).first()
+        # Close the read's implicit transaction: the apply opens its own.
+        await conn.rollback()
         if setup is None or setup.webhook_secret_enc is None:
             token, aad, setup = self._decoy, webhook_secret_aad(DECOY_SETUP_ID), None
         else:
@@ -140,7 +156,18 @@ class WebhookIntake:
     async def handle(self, setup_id: str, headers: Mapping[str, str | None], body: bytes) -> Answer:
         if len(body) > MAX_BODY_BYTES:
             return TOO_LARGE
-        setup, secret = await self._secret_of(setup_id)
+        # One pooled connection serves the lookup and the apply.
+        async with self._db.connect() as conn:
+            return await self._handle(conn, setup_id, headers, body)
+
+    async def _handle(
+        self,
+        conn: AsyncConnection,
+        setup_id: str,
+        headers: Mapping[str, str | None],
+        body: bytes,
+    ) -> Answer:
+        setup, secret = await self._secret_of(conn, setup_id)
         verified = signature.verify(
             [secret],
             headers.get("webhook-id"),
@@ -159,10 +186,15 @@ class WebhookIntake:
         event_type, assignment = parsed
         if assignment is not None and assignment.subaccount_id != setup.subaccount_id:
             return MALFORMED
-        return await self._apply(setup.id, webhook_id, event_type, assignment)
+        return await self._apply(conn, setup.id, webhook_id, event_type, assignment)
 
     async def _apply(
-        self, setup_id: str, webhook_id: str, event_type: str, assignment: Assignment | None
+        self,
+        conn: AsyncConnection,
+        setup_id: str,
+        webhook_id: str,
+        event_type: str,
+        assignment: Assignment | None,
     ) -> Answer:
         """Apply and record in one transaction.
 
@@ -171,14 +203,23 @@ class WebhookIntake:
         change, and a delivery that once named an unknown request is applied once the
         line exists.
         """
-        async with self._db.transaction() as session:
+        async with conn.begin():
             result = (
-                await assign_line(session, setup_id, assignment.request_id, assignment.phone_number)
+                await assign_line(conn, setup_id, assignment.request_id, assignment.phone_number)
                 if assignment is not None
                 else None
             )
-            outcome = str(result) if result is not None else "ignored"
-            await session.execute(self._record(setup_id, webhook_id, event_type, outcome))
+            await conn.execute(
+                self._record_delivery,
+                {
+                    "id": ids.new_id(ids.DELIVERY),
+                    "setup_id": setup_id,
+                    "webhook_id": webhook_id,
+                    "event_type": event_type[:64],
+                    "outcome": str(result) if result is not None else "ignored",
+                    "received_at": utcnow(),
+                },
+            )
         if result is None:
             return IGNORED
         if result is AssignResult.APPLIED:
@@ -194,21 +235,3 @@ class WebhookIntake:
             )
             return CONFLICT
         return UNKNOWN_REQUEST
-
-    def _record(self, setup_id: str, webhook_id: str, event_type: str, outcome: str) -> Any:
-        insert = pg_insert if self._db.is_postgresql else sqlite_insert
-        statement = insert(_DELIVERIES).values(
-            id=ids.new_id(ids.DELIVERY),
-            setup_id=setup_id,
-            webhook_id=webhook_id,
-            event_type=event_type[:64],
-            outcome=outcome,
-            received_at=utcnow(),
-        )
-        # The first record of a webhook-id stays; only a delivery that named a request
-        # not yet known is updated once it applies.
-        return statement.on_conflict_do_update(
-            index_elements=["setup_id", "webhook_id"],
-            set_={"outcome": statement.excluded.outcome},
-            where=_DELIVERIES.c.outcome == "unknown_request",
-        )
