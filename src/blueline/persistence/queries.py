@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from sqlalchemy import ScalarSelect, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,11 +27,32 @@ from blueline.persistence.models import (
 from blueline.persistence.types import utcnow
 
 
+class SetupView(Protocol):
+    """The public fields of a setup: a model instance or a plain result row."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def workspace_id(self) -> str: ...
+    @property
+    def business_name(self) -> str: ...
+    @property
+    def label(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def subaccount_id(self) -> str | None: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def updated_at(self) -> datetime: ...
+
+
 @dataclass(frozen=True)
 class SetupRow:
     """A visible setup with its line count, as the list and detail views need it."""
 
-    setup: IMessageSetup
+    setup: SetupView
     phone_line_count: int
 
 
@@ -44,6 +66,21 @@ class SetupPage:
 _WITHOUT_SECRETS = tuple(
     defer(getattr(IMessageSetup, name))
     for name in ("credentials_enc", "webhook_secret_enc", "input_fingerprint", "failure_reason")
+)
+
+
+_PUBLIC_SETUP_COLUMNS = tuple(
+    getattr(IMessageSetup, name)
+    for name in (
+        "id",
+        "workspace_id",
+        "business_name",
+        "label",
+        "status",
+        "subaccount_id",
+        "created_at",
+        "updated_at",
+    )
 )
 
 
@@ -64,11 +101,13 @@ async def list_setups(
     after_id: str | None,
     status: SetupStatus | None,
 ) -> SetupPage:
-    """One statement: a keyset page, newest first, with each setup's line count."""
-    count = _line_count()
+    """One statement: a keyset page, newest first, with each setup's line count.
+
+    Plain rows rather than model instances: building 50 ORM objects per page cost more
+    than the query.
+    """
     query = (
-        select(IMessageSetup, count)
-        .options(*_WITHOUT_SECRETS)
+        select(*_PUBLIC_SETUP_COLUMNS, _line_count().label("line_count"))
         .where(col(IMessageSetup.workspace_id) == workspace_id)
         .where(col(IMessageSetup.state) == SetupState.READY)
         .order_by(col(IMessageSetup.id).desc())
@@ -79,7 +118,7 @@ async def list_setups(
     if after_id is not None:
         query = query.where(col(IMessageSetup.id) < after_id)
     result = await session.execute(query)
-    rows = [SetupRow(setup, int(n)) for setup, n in result.all()]
+    rows = [SetupRow(row, int(row.line_count)) for row in result.all()]
     return SetupPage(rows=rows[:first], has_next_page=len(rows) > first)
 
 
