@@ -1,0 +1,20 @@
+"""The scenarios, in the order ``python -m bench`` runs them."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from bench.context import RunContext
+from bench.report import ScenarioResult
+from bench.scenarios import fanout, latency, listing, scale, webhook, webhook_timing
+
+Scenario = Callable[[RunContext], Awaitable[ScenarioResult]]
+
+SCENARIOS: dict[str, Scenario] = {
+    "webhook": webhook.run,
+    "webhook-timing": webhook_timing.run,
+    "list": listing.run,
+    "latency": latency.run,
+    "fanout": fanout.run,
+    "scale": scale.run,
+}

@@ -1,0 +1,204 @@
+"""The server under test: ``create_app(settings)`` on one uvicorn worker, as ``blueline
+serve`` runs it, plus bench-only routes registered on the same app.
+
+    python -m bench.server [--no-extras]
+
+Settings come from the ``BLUELINE_*`` environment like ``blueline serve``. Extra routes,
+all under ``/bench/``:
+
+- ``POST /bench/webhook-verify/{setup_id}``: the webhook baseline; verifies the Standard
+  Webhooks signature with ``signature.verify`` against ``BENCH_BASELINE_SECRET``, parses
+  the JSON body and answers, without touching the database;
+- ``GET /bench/list``: the list baseline; authenticates the bearer key and runs
+  ``queries.list_setups`` like the GraphQL resolver, answering the same JSON a GraphQL
+  ``imessageSetups(first: 50) { edges { node { … } } }`` query does;
+- ``GET /bench/ws-idle``: a bare WebSocket that stays open (memory baseline);
+- ``GET /bench/stats``: SQL statements and requests per route, the hub's subscriber
+  count, this process's id and RSS.
+
+SQL statements are counted with a ``before_cursor_execute`` listener, and pool
+checkouts (each one a session or connection taken, and with ``pool_pre_ping`` a ping)
+with a ``checkout`` listener, attributed to the route whose request ran them (a context
+variable set around each ASGI call); background work (the relay) is counted under
+``background``. Transaction control (BEGIN, COMMIT, ROLLBACK) and the pings themselves
+do not pass through the cursor and are not in the statement count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextvars
+import json
+import os
+import time
+from collections import Counter
+from typing import Any
+
+import uvicorn
+from litestar import Litestar, Request, Response, WebSocket, get, post, websocket
+from litestar.exceptions import WebSocketDisconnect
+from litestar.params import FromPath
+from litestar.types import ASGIApp, Receive, Scope, Send
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import Pool
+
+from bench.infra import raise_fd_limit, rss_kib
+from blueline.app import create_app
+from blueline.persistence import queries
+from blueline.runtime import Runtime
+from blueline.security.access import authenticate
+from blueline.settings import Settings
+from blueline.webhooks import signature
+
+_route: contextvars.ContextVar[str] = contextvars.ContextVar("bench_route", default="background")
+statements: Counter[str] = Counter()
+checkouts: Counter[str] = Counter()
+requests: Counter[str] = Counter()
+
+
+def route_label(path: str) -> str:
+    """``/webhooks/imessage/ims_…`` -> ``/webhooks/imessage``: ids out of the label."""
+    parts = [p for p in path.split("/") if p]
+    if len(parts) >= 3 and parts[0] in ("webhooks", "bench"):
+        parts = parts[:2]
+    return "/" + "/".join(parts[:2])
+
+
+def _count_statement(*_args: Any) -> None:
+    statements[_route.get()] += 1
+
+
+def _count_checkout(*_args: Any) -> None:
+    checkouts[_route.get()] += 1
+
+
+def counting(app: ASGIApp) -> ASGIApp:
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await app(scope, receive, send)
+            return
+        label = route_label(scope["path"])
+        requests[label] += 1
+        token = _route.set(label)
+        try:
+            await app(scope, receive, send)
+        finally:
+            _route.reset(token)
+
+    return wrapped
+
+
+def _runtime(request: Request[Any, Any, Any]) -> Runtime:
+    runtime: Runtime = request.app.state["runtime"]
+    return runtime
+
+
+def baseline_routes(secret: str) -> list[Any]:
+    rejected = {"error": "unauthorized"}
+    accepted = {"status": "accepted"}
+
+    @post("/bench/webhook-verify/{setup_id:str}", include_in_schema=False)
+    async def webhook_verify(
+        setup_id: FromPath[str], request: Request[Any, Any, Any]
+    ) -> Response[dict[str, str]]:
+        body = await request.body()
+        headers = request.headers
+        ok = signature.verify(
+            [secret],
+            headers.get("webhook-id"),
+            headers.get("webhook-timestamp"),
+            headers.get("webhook-signature"),
+            body,
+            time.time(),
+        )
+        if not ok:
+            return Response(rejected, status_code=401)
+        event_body = json.loads(body)
+        if not isinstance(event_body, dict) or not setup_id:
+            return Response({"error": "malformed event"}, status_code=400)
+        return Response(accepted, status_code=200)
+
+    @get("/bench/list", include_in_schema=False)
+    async def list_baseline(
+        request: Request[Any, Any, Any], first: int = 50
+    ) -> Response[dict[str, Any]]:
+        runtime = _runtime(request)
+        caller = await authenticate(runtime.db, request.headers.get("authorization"))
+        if caller is None:
+            return Response(rejected, status_code=401)
+        async with runtime.db.session() as session:
+            page = await queries.list_setups(
+                session, caller.workspace_id, first=first, after_id=None, status=None
+            )
+        edges = [
+            {
+                "node": {
+                    "id": row.setup.id,
+                    "businessName": row.setup.business_name,
+                    "label": row.setup.label,
+                    "status": str(row.setup.status),
+                    "phoneLineCount": row.phone_line_count,
+                }
+            }
+            for row in page.rows
+        ]
+        return Response({"data": {"imessageSetups": {"edges": edges}}})
+
+    @websocket("/bench/ws-idle")
+    async def ws_idle(socket: WebSocket[Any, Any, Any]) -> None:
+        await socket.accept()
+        try:
+            while True:
+                await socket.receive_data(mode="text")
+        except WebSocketDisconnect:
+            return
+
+    @get("/bench/stats", include_in_schema=False)
+    async def stats(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        runtime = _runtime(request)
+        return {
+            "pid": os.getpid(),
+            "rss_kib": rss_kib(os.getpid()),
+            "subscribers": runtime.bus.hub.subscriber_count,
+            "statements": dict(statements),
+            "checkouts": dict(checkouts),
+            "requests": dict(requests),
+        }
+
+    return [webhook_verify, list_baseline, ws_idle, stats]
+
+
+def build(settings: Settings, *, extras: bool) -> ASGIApp:
+    app: Litestar = create_app(settings)
+    if not extras:
+        return app
+    for handler in baseline_routes(os.environ.get("BENCH_BASELINE_SECRET", "")):
+        app.register(handler)
+    event.listen(Engine, "before_cursor_execute", _count_statement)
+    event.listen(Pool, "checkout", _count_checkout)
+    return counting(app)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.server", description=__doc__)
+    parser.add_argument(
+        "--no-extras", action="store_true", help="serve the product app alone, no bench routes"
+    )
+    args = parser.parse_args()
+    raise_fd_limit()
+    settings = Settings()
+    uvicorn.run(
+        build(settings, extras=not args.no_extras),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        # As `blueline serve` runs it.
+        ws="websockets-sansio",
+        timeout_graceful_shutdown=5,
+        backlog=4096,
+    )
+
+
+if __name__ == "__main__":
+    main()
