@@ -45,6 +45,7 @@ from sqlalchemy.pool import Pool
 
 from bench.infra import raise_fd_limit, rss_kib
 from blueline.app import create_app
+from blueline.cli import UVICORN_OPTIONS
 from blueline.persistence import queries
 from blueline.runtime import Runtime
 from blueline.security.access import authenticate
@@ -188,15 +189,13 @@ def main() -> None:
     args = parser.parse_args()
     raise_fd_limit()
     settings = Settings()
+    options: dict[str, Any] = {**UVICORN_OPTIONS, "timeout_graceful_shutdown": 5}
     uvicorn.run(
         build(settings, extras=not args.no_extras),
         host=settings.host,
         port=settings.port,
-        log_level="warning",
-        # As `blueline serve` runs it.
-        ws="websockets-sansio",
-        timeout_graceful_shutdown=5,
         backlog=4096,
+        **options,  # as `blueline serve` runs it
     )
 
 

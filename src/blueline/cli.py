@@ -9,11 +9,22 @@ import logging
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from pydantic import ValidationError
 
 from blueline.errors import BluelineError
 from blueline.settings import Settings
+
+# How `serve` runs uvicorn (the benchmarks run the app the same way).
+UVICORN_OPTIONS: dict[str, Any] = {
+    "log_level": "warning",
+    "ws": "websockets-sansio",
+    # Line updates are small: compression costs more memory per socket (~34 KiB) and
+    # CPU per frame than it saves.
+    "ws_per_message_deflate": False,
+    "timeout_graceful_shutdown": 10,
+}
 
 
 def _settings(**overrides: object) -> Settings:
@@ -77,17 +88,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if key is not None:
         print(f"API key: {key}", flush=True)
     print(f"Blueline listening on http://{settings.host}:{settings.port}/graphql", flush=True)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        ws="websockets-sansio",
-        # Line updates are small; compression costs more memory per socket (~34 KiB)
-        # and CPU per frame than it saves.
-        ws_per_message_deflate=False,
-        timeout_graceful_shutdown=10,
-    )
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, **UVICORN_OPTIONS)
     return 0
 
 

@@ -17,14 +17,14 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import bindparam, func, select, text, update
 
 from blueline.events.bus import EventBus
 from blueline.events.outbox import LineEvent
 from blueline.observability.metrics import metrics
 from blueline.persistence.database import Database
 from blueline.persistence.models import Event
-from blueline.persistence.types import utcnow
+from blueline.persistence.types import UTCDateTime, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,27 @@ logger = logging.getLogger(__name__)
 _RELAY_LOCK_KEY = 0x426C75656C696E65  # "Blueline"
 _BATCH = 500
 _EVENTS = Event.__table__  # type: ignore[attr-defined]
+
+# Built once: the relay runs after every commit, and building this per pass cost more
+# than executing it.
+_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+_WAITING = (
+    select(_EVENTS.c.id, func.row_number().over(order_by=_EVENTS.c.id).label("position"))
+    .where(_EVENTS.c.published_at.is_(None))
+    .order_by(_EVENTS.c.id)
+    .limit(_BATCH)
+    .subquery()
+)
+_SEQUENCE_AND_MARK = (
+    update(_EVENTS)
+    .where(_EVENTS.c.id == _WAITING.c.id)
+    .values(
+        seq=select(func.coalesce(func.max(_EVENTS.c.seq), 0)).scalar_subquery()
+        + _WAITING.c.position,
+        published_at=bindparam("r_now", type_=UTCDateTime()),
+    )
+    .returning(*_EVENTS.c)
+)
 
 
 class Relay:
@@ -89,31 +110,11 @@ class Relay:
         marks them published, returning them; they are then published in one round
         trip, and the transaction commits only if that succeeded.
         """
-        async with self._lock, self._db.transaction() as session:
+        async with self._lock, self._db.connect() as conn, conn.begin():
             if self._db.is_postgresql:
-                await session.execute(
-                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _RELAY_LOCK_KEY}
-                )
-            waiting = (
-                select(
-                    _EVENTS.c.id,
-                    func.row_number().over(order_by=_EVENTS.c.id).label("position"),
-                )
-                .where(_EVENTS.c.published_at.is_(None))
-                .order_by(_EVENTS.c.id)
-                .limit(_BATCH)
-                .subquery()
-            )
-            highest = select(func.coalesce(func.max(_EVENTS.c.seq), 0)).scalar_subquery()
+                await conn.execute(_ADVISORY_LOCK, {"key": _RELAY_LOCK_KEY})
             now = utcnow()
-            rows = (
-                await session.execute(
-                    update(_EVENTS)
-                    .where(_EVENTS.c.id == waiting.c.id)
-                    .values(seq=highest + waiting.c.position, published_at=now)
-                    .returning(*_EVENTS.c)
-                )
-            ).all()
+            rows = (await conn.execute(_SEQUENCE_AND_MARK, {"r_now": now})).all()
             if not rows:
                 metrics().outbox_pending.set(0)
                 return 0

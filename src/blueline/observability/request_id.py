@@ -8,6 +8,7 @@ import secrets
 from typing import Any
 
 import structlog
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 HEADER = b"x-request-id"
@@ -25,7 +26,7 @@ def current_request_id() -> str | None:
 
 def request_id_middleware(app: ASGIApp) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
+        if scope["type"] not in (ScopeType.HTTP, ScopeType.WEBSOCKET):
             await app(scope, receive, send)
             return
         incoming = dict(scope.get("headers", [])).get(HEADER, b"").decode("latin-1")
@@ -44,7 +45,9 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
             await send(message)
 
         try:
-            await app(scope, receive, send_with_id)
+            # WebSocket frames go straight through: wrapping every frame of every
+            # subscriber costs a call per message for a header nobody reads there.
+            await app(scope, receive, send_with_id if scope["type"] == ScopeType.HTTP else send)
         finally:
             structlog.contextvars.reset_contextvars(**tokens)
 
