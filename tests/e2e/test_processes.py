@@ -11,24 +11,21 @@ import asyncio
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 
-from blueline.settings import SANDBOX_PARTNER_KEY
 from tests.conftest import Api, keyring_spec
-from tests.e2e.conftest import configure_sandbox
+from tests.e2e.conftest import Deployment, configure_sandbox
 from tests.e2e.support import (
     BluelineProcess,
     ProcessGroup,
     clean_env,
     mint_key,
     printed_api_key,
-    serve_env,
 )
 from tests.support.asgi_server import free_port
 
@@ -151,55 +148,6 @@ def sqlite_files(directory: Path) -> set[Path]:
 
 
 # ------------------------------------------------------------------------ fixtures
-
-
-@dataclass
-class Deployment:
-    """``blueline serve`` on PostgreSQL, pointed at the sandbox-provider process."""
-
-    procs: ProcessGroup
-    env: dict[str, str]
-    port: int
-    cwd: Path
-    process: BluelineProcess
-    api: Api
-
-    def restart(self, **extra_env: str) -> BluelineProcess:
-        """Start the API again on the same port and database (stopping it first if alive)."""
-        self.process.stop()
-        self.process = self.procs.serve(port=self.port, env={**self.env, **extra_env}, cwd=self.cwd)
-        return self.process
-
-    def cli(self, *args: str) -> BluelineProcess:
-        return self.procs.run(list(args), env=self.env, cwd=self.cwd)
-
-
-@pytest.fixture
-async def deployment(
-    procs: ProcessGroup,
-    pg_url: str,
-    sandbox_process: BluelineProcess,
-    sandbox: httpx.AsyncClient,
-    tmp_path: Path,
-) -> AsyncIterator[Deployment]:
-    port = free_port()
-    workdir = tmp_path / "serve"
-    workdir.mkdir()
-    env = serve_env(
-        database_url=pg_url,
-        provider_url=sandbox_process.base_url,
-        port=port,
-        encryption_keys=keyring_spec(),
-        BLUELINE_PROVIDER_API_KEY=SANDBOX_PARTNER_KEY,
-    )
-    process = procs.serve(port=port, env=env, cwd=workdir)
-    key = printed_api_key(process.stdout())
-    assert key is not None, process.describe()
-    api = Api(process.base_url, key)
-    try:
-        yield Deployment(procs, env, port, workdir, process, api)
-    finally:
-        await api.http.aclose()
 
 
 # ------------------------------------------------------------- zero configuration

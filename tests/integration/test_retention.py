@@ -1,0 +1,62 @@
+"""Pruning keeps at least seven days of the delivery log and never an unpublished event."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from blueline import ids
+from blueline.errors import InvalidInput
+from blueline.persistence.database import Database
+from blueline.persistence.models import Event, WebhookDelivery
+from blueline.persistence.retention import prune
+from blueline.persistence.types import utcnow
+
+
+async def _count(db: Database, model: type) -> int:
+    async with db.session() as session:
+        return int((await session.execute(select(func.count()).select_from(model))).scalar_one())
+
+
+async def test_prune_removes_only_old_deliveries_and_published_events(db: Database) -> None:
+    now = utcnow()
+    async with db.transaction() as session:
+        for age_days, webhook_id in ((10, "msg_old"), (3, "msg_recent")):
+            session.add(
+                WebhookDelivery(
+                    id=ids.new_id(ids.DELIVERY),
+                    setup_id="ims_x",
+                    webhook_id=webhook_id,
+                    event_type="line.assigned",
+                    outcome="applied",
+                    received_at=now - timedelta(days=age_days),
+                )
+            )
+        for age_days, published, seq in ((10, True, 1), (10, False, None), (3, True, 2)):
+            session.add(
+                Event(
+                    id=ids.new_id(ids.EVENT),
+                    seq=seq,
+                    workspace_id="ws_x",
+                    setup_id="ims_x",
+                    line_id="pl_x",
+                    type="line.requested",
+                    payload="{}",
+                    created_at=now - timedelta(days=age_days),
+                    published_at=now if published else None,
+                )
+            )
+
+    pruned = await prune(db, 7)
+
+    assert (pruned.deliveries, pruned.events) == (1, 1)
+    assert await _count(db, WebhookDelivery) == 1
+    assert await _count(db, Event) == 2
+    assert (await prune(db, 7)).deliveries == 0
+
+
+async def test_less_than_seven_days_is_refused(db: Database) -> None:
+    with pytest.raises(InvalidInput):
+        await prune(db, 6.9)
