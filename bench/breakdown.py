@@ -289,14 +289,16 @@ async def validation_evidence(executions: int = 50) -> dict[str, float]:
     cache: Any = _get_validate_cache(DEFAULT_MAXSIZE)
     before = cache.cache_info()
     # Execution fails without a context, after validation; its log line is expected.
-    quiet = logging.getLogger("strawberry.execution")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)
+    quiet = [logging.getLogger(name) for name in ("strawberry.execution", "blueline.graphql")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.CRITICAL)
     try:
         for _ in range(executions):
             await schema.execute(LIST_QUERY)
     finally:
-        quiet.setLevel(level)
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
     after = cache.cache_info()
     rules = (
         *specified_rules,
