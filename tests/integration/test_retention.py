@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
+from sqlmodel import col
 
 from blueline import ids
 from blueline.errors import InvalidInput
@@ -35,6 +36,7 @@ async def test_prune_removes_only_old_deliveries_and_published_events(db: Databa
                 )
             )
         for age_days, published, seq in ((10, True, 1), (10, False, None), (3, True, 2)):
+            # seq 1 is old and published: pruned; the unpublished one and seq 2 stay.
             session.add(
                 Event(
                     id=ids.new_id(ids.EVENT),
@@ -60,3 +62,26 @@ async def test_prune_removes_only_old_deliveries_and_published_events(db: Databa
 async def test_less_than_seven_days_is_refused(db: Database) -> None:
     with pytest.raises(InvalidInput):
         await prune(db, 6.9)
+
+
+async def test_the_newest_event_survives_so_numbering_never_restarts(db: Database) -> None:
+    old = utcnow() - timedelta(days=30)
+    async with db.transaction() as session:
+        for seq in (1, 2):
+            session.add(
+                Event(
+                    id=ids.new_id(ids.EVENT),
+                    seq=seq,
+                    workspace_id="ws_x",
+                    setup_id="ims_x",
+                    line_id="pl_x",
+                    type="line.requested",
+                    payload="{}",
+                    created_at=old,
+                    published_at=old,
+                )
+            )
+    assert (await prune(db, 7)).events == 1
+    async with db.session() as session:
+        remaining = (await session.execute(select(col(Event.seq)))).scalars().all()
+    assert list(remaining) == [2]

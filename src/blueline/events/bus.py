@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from blueline.events.hub import Hub, Signal
 from blueline.events.outbox import LineEvent
@@ -101,26 +100,29 @@ class RedisBus:
 
     async def _read_forever(self) -> None:
         delay = 0.1
-        first = True
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.psubscribe(CHANNEL_PREFIX + "*")
                 self._listening.set()
-                if not first:
-                    # Messages published while we were away are gone: catch up from the log.
-                    self.hub.broadcast(Signal.RESYNC)
-                first = False
+                # Messages published before this subscription (a reconnect, or Redis
+                # coming up after our subscribers did) are gone: catch up from the log.
+                self.hub.broadcast(Signal.RESYNC)
                 delay = 0.1
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is None or message.get("type") != "pmessage":
                         continue
                     try:
-                        self.hub.deliver(LineEvent.from_message(message["data"]))
+                        event = LineEvent.from_message(message["data"])
                     except (ValueError, KeyError, TypeError):
                         logger.warning("dropped a malformed bus message")
-            except (RedisError, OSError) as exc:
+                        continue
+                    self.hub.deliver(event)
+            except asyncio.CancelledError:
+                self._listening.clear()
+                raise
+            except Exception as exc:  # the reader must outlive anything; readiness shows it
                 self._listening.clear()
                 logger.warning("event bus connection lost (%s); reconnecting", type(exc).__name__)
             finally:

@@ -29,22 +29,22 @@ Item = LineEvent | Signal
 class Subscriber:
     def __init__(self, workspace_id: str, max_queue: int) -> None:
         self.workspace_id = workspace_id
-        # One slot is kept for a signal, so OVERFLOW always fits.
-        self._queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=max_queue + 1)
+        self._queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=max_queue)
         self._max = max_queue
         self.overflowed = False
 
     def offer(self, item: Item) -> None:
+        """Never raises: the publisher must not fail because one subscriber is slow."""
         if self.overflowed:
             return
-        if isinstance(item, LineEvent) and self._queue.qsize() >= self._max:
+        if self._queue.qsize() >= self._max:
+            # Full: whatever was queued is moot, the subscriber must resume from the log.
             self.overflowed = True
+            while not self._queue.empty():
+                self._queue.get_nowait()
             self._queue.put_nowait(Signal.OVERFLOW)
             return
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
-            self.overflowed = True
+        self._queue.put_nowait(item)
 
     async def get(self) -> Item:
         return await self._queue.get()

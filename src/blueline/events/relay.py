@@ -1,13 +1,12 @@
 """Outbox relay: sequence committed events, publish them, mark them published.
 
-One pass runs under a database-wide lock (an advisory lock on PostgreSQL; SQLite's
-write lock), so event sequence numbers follow the order events became visible and
-one relay at a time publishes. The pass is one transaction: if publishing fails, the
-sequence numbers roll back with it and the next pass tries again, so a bus outage
-delays events and loses none. A crash after publishing but before commit can publish
-an event twice; subscribers drop anything at or below the last seq they delivered.
-Sequenced and published are one step, so ``published_at`` is set exactly when ``seq``
-is.
+Numbering runs under a database-wide lock (an advisory lock on PostgreSQL; SQLite's
+write lock), so event sequence numbers follow the order events became visible, and
+it commits before anything is published: a live event is always already in the log,
+and a number once given never changes. Publishing then sends every numbered but
+unpublished event in seq order and marks it published. If the bus is down, events
+wait and go out later; if two relays (or a crash between publish and mark) send an
+event twice, subscribers drop anything at or below the last seq they delivered.
 """
 
 from __future__ import annotations
@@ -36,22 +35,32 @@ _EVENTS = Event.__table__  # type: ignore[attr-defined]
 # Built once: the relay runs after every commit, and building this per pass cost more
 # than executing it.
 _ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
-_WAITING = (
+_UNSEQUENCED = (
     select(_EVENTS.c.id, func.row_number().over(order_by=_EVENTS.c.id).label("position"))
-    .where(_EVENTS.c.published_at.is_(None))
+    .where(_EVENTS.c.seq.is_(None))
     .order_by(_EVENTS.c.id)
     .limit(_BATCH)
     .subquery()
 )
-_SEQUENCE_AND_MARK = (
+_SEQUENCE = (
     update(_EVENTS)
-    .where(_EVENTS.c.id == _WAITING.c.id)
+    .where(_EVENTS.c.id == _UNSEQUENCED.c.id)
     .values(
         seq=select(func.coalesce(func.max(_EVENTS.c.seq), 0)).scalar_subquery()
-        + _WAITING.c.position,
-        published_at=bindparam("r_now", type_=UTCDateTime()),
+        + _UNSEQUENCED.c.position
     )
-    .returning(*_EVENTS.c)
+)
+_UNPUBLISHED = (
+    select(*_EVENTS.c)
+    .where(_EVENTS.c.published_at.is_(None))
+    .where(_EVENTS.c.seq.is_not(None))
+    .order_by(_EVENTS.c.seq)
+    .limit(_BATCH)
+)
+_MARK_PUBLISHED = (
+    update(_EVENTS)
+    .where(_EVENTS.c.id.in_(bindparam("r_ids", expanding=True)))
+    .values(published_at=bindparam("r_now", type_=UTCDateTime()))
 )
 
 
@@ -104,22 +113,29 @@ class Relay:
                 backoff = min(max(backoff * 2, 0.1), 5.0)
 
     async def pass_once(self) -> int:
-        """Sequence and publish one batch; returns how many events went out.
+        """Sequence, commit, then publish one batch; returns how many events went out.
 
-        One UPDATE numbers the oldest unpublished events after the highest seq and
-        marks them published, returning them; they are then published in one round
-        trip, and the transaction commits only if that succeeded.
+        Numbers are committed before anything is published, so a subscriber that sees
+        an event live can always find it in the log too, and a failed publish leaves
+        the numbers in place: the next pass publishes the same events under the same
+        seqs, which subscribers drop if they already have them.
         """
-        async with self._lock, self._db.connect() as conn, conn.begin():
-            if self._db.is_postgresql:
-                await conn.execute(_ADVISORY_LOCK, {"key": _RELAY_LOCK_KEY})
-            now = utcnow()
-            rows = (await conn.execute(_SEQUENCE_AND_MARK, {"r_now": now})).all()
+        async with self._lock, self._db.connect(read_only=False) as conn:
+            async with conn.begin():
+                if self._db.is_postgresql:
+                    await conn.execute(_ADVISORY_LOCK, {"key": _RELAY_LOCK_KEY})
+                await conn.execute(_SEQUENCE)
+            rows = (await conn.execute(_UNPUBLISHED)).all()
+            await conn.rollback()
             if not rows:
                 metrics().outbox_pending.set(0)
                 return 0
-            events = sorted((LineEvent.from_row(row) for row in rows), key=lambda e: e.seq)
-            await self._bus.publish_many(events)
+            await self._bus.publish_many([LineEvent.from_row(row) for row in rows])
+            now = utcnow()
+            async with conn.begin():
+                await conn.execute(
+                    _MARK_PUBLISHED, {"r_ids": [row.id for row in rows], "r_now": now}
+                )
         m = metrics()
         for row in rows:
             m.outbox_publish_delay.observe((now - row.created_at).total_seconds())

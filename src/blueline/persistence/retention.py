@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete
+from sqlalchemy import delete, func, select
 from sqlmodel import col
 
 from blueline.errors import InvalidInput
@@ -36,10 +36,14 @@ async def prune(db: Database, days: float = MIN_RETENTION_DAYS) -> Pruned:
         deliveries = await session.execute(
             delete(WebhookDelivery).where(col(WebhookDelivery.received_at) < cutoff)
         )
+        # The newest event always stays: its seq is where numbering continues, and a
+        # subscriber's `after` must never come to mean a different, later event.
+        newest = select(func.max(col(Event.seq))).scalar_subquery()
         events = await session.execute(
             delete(Event)
             .where(col(Event.created_at) < cutoff)
             .where(col(Event.published_at).is_not(None))
+            .where(col(Event.seq) < newest)
         )
     return Pruned(deliveries=_rowcount(deliveries), events=_rowcount(events))
 
