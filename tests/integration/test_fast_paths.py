@@ -52,6 +52,8 @@ NOT_HOT = [
     ("query Q($f: Int) { imessageSetups(first: $f) { totalCount } }", {"f": "ten"}),
     ('{ imessageSetups { totalCount } imessageSetup(id: "ims_x") { id } }', {}),
     ("{ imessageSetups { edges { node { id id } } } }", {}),
+    ("query Q($f: Int!) { imessageSetups(first: $f) { totalCount } }", {}),
+    ("query Q($a: String!) { imessageSetups(after: $a) { totalCount } }", {"a": None}),
 ]
 
 

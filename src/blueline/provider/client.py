@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 # Answers that say "not now" rather than "no": retried like a 5xx.
 _RETRYABLE = frozenset({408, 425, 429})
+# Answers and failures after which the provider cannot have acted on the request.
+_NOT_PROCESSED = frozenset({408, 425, 429, 503})
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,13 @@ class HttpProviderClient:
         path: str,
         body: Any = None,
         params: dict[str, str] | None = None,
+        *,
+        idempotent: bool = True,
     ) -> httpx.Response:
+        """Send with retries. A call that is not idempotent is retried only when the
+        provider cannot have acted on it: the connection never opened, or it answered
+        that it did not process the request; a timeout or a 502 might hide a success,
+        and repeating it would create a second line."""
         loop = asyncio.get_running_loop()
         for attempt in range(self._retry.attempts):
             started = loop.time()
@@ -132,15 +141,17 @@ class HttpProviderClient:
                 logger.warning(
                     "provider %s attempt %d failed: %s", op, attempt + 1, type(exc).__name__
                 )
+                if not idempotent and not isinstance(exc, _NOT_SENT):
+                    break
             else:
                 elapsed = loop.time() - started
-                if response.status_code < 500 and response.status_code not in _RETRYABLE:
-                    self._observe(op, str(response.status_code), elapsed)
-                    return response
                 self._observe(op, str(response.status_code), elapsed)
-                logger.warning(
-                    "provider %s attempt %d answered %d", op, attempt + 1, response.status_code
-                )
+                status = response.status_code
+                if status < 500 and status not in _RETRYABLE:
+                    return response
+                logger.warning("provider %s attempt %d answered %d", op, attempt + 1, status)
+                if not idempotent and status not in _NOT_PROCESSED:
+                    break
             if attempt + 1 < self._retry.attempts:
                 await self._sleep(self._retry.delay(attempt))
         raise ProviderUnavailable("the iMessage provider is unavailable; try again shortly")
@@ -183,7 +194,7 @@ class HttpProviderClient:
 
     async def request_line(self, subaccount_id: str) -> ProviderLine:
         response = await self._call(
-            "request_line", "POST", f"/v1/subaccounts/{subaccount_id}/lines"
+            "request_line", "POST", f"/v1/subaccounts/{subaccount_id}/lines", idempotent=False
         )
         return _line(self._json(response, "request_line"))
 

@@ -24,6 +24,7 @@ from graphql import (
     FieldNode,
     GraphQLError,
     IntValueNode,
+    NonNullTypeNode,
     NullValueNode,
     OperationDefinitionNode,
     OperationType,
@@ -99,6 +100,8 @@ def _tree(selection_set: SelectionSetNode | None, level: str) -> Tree | None:
 def plan_for(operation: OperationDefinitionNode) -> ListPlan | None:
     if operation.operation != OperationType.QUERY or operation.directives:
         return None
+    if any(isinstance(d.type, NonNullTypeNode) for d in operation.variable_definitions or ()):
+        return None  # graphql-core's variable coercion words those errors; keep it
     selections = operation.selection_set.selections
     if len(selections) != 1:
         return None
