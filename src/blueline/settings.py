@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     event_retention_days: int = 7
     webhook_retention_days: int = Field(default=7, ge=7)
 
+    # How often a running subscription re-checks that its API key is not revoked.
+    api_key_recheck_interval_s: float = 5.0
+
     # GraphQL requests and WebSocket operations per API key (burst twice that); 0 is off.
     graphql_rate_per_key_per_s: float = 50.0
 

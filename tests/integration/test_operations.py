@@ -3,6 +3,7 @@ health and metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import httpx
@@ -10,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from blueline.persistence.database import Database
-from blueline.security.access import list_api_keys, revoke_api_key
+from blueline.security.access import create_api_key, list_api_keys, revoke_api_key
 from blueline.settings import Settings
 from tests.conftest import Api, make_settings
 from tests.integration.test_graphql_setups import create
@@ -155,3 +156,37 @@ class TestPerKeyRateLimit:
         ]
         assert statuses[:2] == [200, 200]
         assert 429 in statuses
+
+
+class TestRevocationDuringAStream:
+    @pytest.fixture
+    def settings(self, database_url: str, sandbox_url: str, sandbox: httpx.AsyncClient) -> Settings:
+        return make_settings(database_url, sandbox_url, api_key_recheck_interval_s=0)
+
+    async def test_a_running_subscription_stops_once_its_key_is_revoked(
+        self, api: Api, server: tuple[str, Settings]
+    ) -> None:
+        _, settings = server
+        async with graphql_ws(api.base_url, api.key) as ws:
+            op = await ws.subscribe(UPDATES)
+            await asyncio.sleep(0.2)
+            await create(api)
+            assert (await ws.next_data(op))["phoneLineUpdates"]["phoneLine"]["status"]
+            db = Database(settings.database_url)
+            try:
+                await revoke_api_key(db, await _key_id(settings.database_url))
+                await create_with_other_key(db, api)
+            finally:
+                await db.dispose()
+            assert "revoked" in await ws.expect_error(op)
+
+
+async def create_with_other_key(db: Database, api: Api) -> None:
+    """Another key of the same workspace makes a change the revoked stream would see."""
+    other = await create_api_key(db, "clinic-a")
+    body = await api.graphql(
+        'mutation { createImessageSetup(input: {businessName: "B", label: "L"}) '
+        "{ userErrors { code } } }",
+        key=other,
+    )
+    assert "errors" not in body

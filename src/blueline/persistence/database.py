@@ -20,6 +20,9 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+# Execution option marking a connection that only reads (SQLite then begins deferred).
+READ_ONLY = "blueline_read_only"
+
 
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
@@ -51,7 +54,11 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     def _sqlite_begin(conn: Any) -> None:
         # A deferred transaction that later writes fails at once with "database is
         # locked" when another writer got in first; IMMEDIATE waits for busy_timeout.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Reads stay deferred, so they never queue behind the single write lock.
+        if conn.get_execution_options().get(READ_ONLY):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
@@ -72,7 +79,9 @@ class Database:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
+        """For reads only: writes go through :meth:`transaction`."""
         async with self.sessionmaker() as session:
+            await session.connection(execution_options={READ_ONLY: True})
             yield session
 
     @asynccontextmanager
@@ -80,8 +89,10 @@ class Database:
         """A read session whose statements all see one snapshot (REPEATABLE READ on
         PostgreSQL; SQLite transactions already do)."""
         async with self.sessionmaker() as session:
+            options: dict[str, Any] = {READ_ONLY: True}
             if self.is_postgresql:
-                await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+                options["isolation_level"] = "REPEATABLE READ"
+            await session.connection(execution_options=options)
             yield session
 
     @asynccontextmanager
@@ -90,9 +101,12 @@ class Database:
             yield session
 
     @asynccontextmanager
-    async def connect(self) -> AsyncIterator[AsyncConnection]:
-        """A Core connection, for hot paths that need no ORM."""
+    async def connect(self, *, read_only: bool = True) -> AsyncIterator[AsyncConnection]:
+        """A Core connection, for hot paths that need no ORM. Call
+        ``conn.execution_options(blueline_read_only=False)`` before writing on one
+        opened read-only."""
         async with self.engine.connect() as conn:
+            await conn.execution_options(**{READ_ONLY: read_only})
             yield conn
 
     async def ping(self) -> None:

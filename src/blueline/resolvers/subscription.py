@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 
 import strawberry
@@ -40,6 +41,8 @@ class Subscription:
             after_seq = parse_event_id(after)
             if after_seq is None:
                 raise GraphQLError("`after` is not a valid event id")
+        loop = asyncio.get_running_loop()
+        checked_at = loop.time()
         try:
             async for event in stream(
                 runtime.db,
@@ -48,6 +51,10 @@ class Subscription:
                 setup_id=wanted_setup,
                 after_seq=after_seq,
             ):
+                if loop.time() - checked_at >= runtime.settings.api_key_recheck_interval_s:
+                    # A stream can run for days: a key revoked meanwhile stops it.
+                    await context.recheck()
+                    checked_at = loop.time()
                 yield PhoneLineUpdate(
                     event_id=event.event_id,
                     setup=IMessageSetupType.from_snapshot(event.payload["setup"]),

@@ -41,6 +41,11 @@ class Context(BaseContext, kw_only=True):
                 raise GraphQLError("Too many requests for this API key; slow down")
         return self.workspace_id()
 
+    async def recheck(self) -> None:
+        """Between events of a long-running stream: is the key still active?"""
+        if self.caller is not None and not await still_active(self.runtime.db, self.caller):
+            raise GraphQLError("This API key has been revoked")
+
     def workspace_id(self) -> str:
         caller = self.caller
         if caller is None and self.request is not None:

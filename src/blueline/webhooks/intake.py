@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from blueline import ids
 from blueline.errors import DecryptionFailed
-from blueline.persistence.database import Database
+from blueline.persistence.database import READ_ONLY, Database
 from blueline.persistence.models import IMessageSetup, SetupState, WebhookDelivery
 from blueline.persistence.types import utcnow
 from blueline.provisioning.assignment import AssignResult, assign_line
@@ -203,6 +203,7 @@ class WebhookIntake:
         change, and a delivery that once named an unknown request is applied once the
         line exists.
         """
+        await conn.execution_options(**{READ_ONLY: False})
         async with conn.begin():
             result = (
                 await assign_line(conn, setup_id, assignment.request_id, assignment.phone_number)
