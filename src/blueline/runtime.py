@@ -23,6 +23,7 @@ from blueline.persistence.database import Database
 from blueline.provider.client import HttpProviderClient, ProviderClient, RetryPolicy
 from blueline.provisioning.service import Provisioning, RecoveryReport
 from blueline.rate_limit import RateLimiter
+from blueline.security.access import KeyStatus
 from blueline.security.vault import Keyring, Vault
 from blueline.settings import Settings
 from blueline.webhooks.intake import WebhookIntake, WebhookLimits
@@ -58,6 +59,7 @@ class Runtime:
     intake: WebhookIntake
     webhook_limits: WebhookLimits
     api_key_limits: RateLimiter
+    key_status: KeyStatus
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __repr__(self) -> str:
@@ -138,7 +140,18 @@ async def open_runtime(
     per_key = settings.graphql_rate_per_key_per_s
     key_limits = RateLimiter(per_key, burst=max(per_key * 2, 1))
     runtime = Runtime(
-        settings, db, vault, client, provider, bus, relay, provisioning, intake, limits, key_limits
+        settings,
+        db,
+        vault,
+        client,
+        provider,
+        bus,
+        relay,
+        provisioning,
+        intake,
+        limits,
+        key_limits,
+        KeyStatus(db, settings.api_key_recheck_interval_s),
     )
     try:
         yield runtime

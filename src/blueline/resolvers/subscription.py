@@ -52,6 +52,8 @@ class Subscription:
                 after_seq=after_seq,
             ):
                 if loop.time() - checked_at >= runtime.settings.api_key_recheck_interval_s:
+                    # Answered from a per-key cache, so a burst of events to many
+                    # streams of one key costs one query.
                     # A stream can run for days: a key revoked meanwhile stops it.
                     await context.recheck()
                     checked_at = loop.time()

@@ -43,7 +43,7 @@ class Context(BaseContext, kw_only=True):
 
     async def recheck(self) -> None:
         """Between events of a long-running stream: is the key still active?"""
-        if self.caller is not None and not await still_active(self.runtime.db, self.caller):
+        if self.caller is not None and not await self.runtime.key_status.active(self.caller):
             raise GraphQLError("This API key has been revoked")
 
     def workspace_id(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -87,6 +88,43 @@ async def still_active(db: Database, caller: Caller) -> bool:
     """Re-checked for each WebSocket operation, so a revoked key stops at once."""
     async with db.session() as session:
         return await queries.api_key_active(session, caller.api_key_id)
+
+
+class KeyStatus:
+    """Whether keys are still active, asked of the database at most once per interval
+    per key, however many streams of that key ask: 2,000 subscriptions re-checking
+    one key must cost one query, not 2,000."""
+
+    def __init__(self, db: Database, interval_s: float) -> None:
+        self._db = db
+        self._interval_s = interval_s
+        self._known: dict[str, tuple[float, bool]] = {}
+        self._pending: dict[str, asyncio.Future[bool]] = {}
+
+    async def active(self, caller: Caller) -> bool:
+        loop = asyncio.get_running_loop()
+        key_id = caller.api_key_id
+        known = self._known.get(key_id)
+        if known is not None and loop.time() - known[0] < self._interval_s:
+            return known[1]
+        pending = self._pending.get(key_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[bool] = loop.create_future()
+        self._pending[key_id] = future
+        try:
+            result = await still_active(self._db, caller)
+            if len(self._known) > 10_000:
+                self._known.clear()
+            self._known[key_id] = (loop.time(), result)
+            future.set_result(result)
+            return result
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody else must
+            raise
+        finally:
+            del self._pending[key_id]
 
 
 @dataclass(frozen=True)
