@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from blueline import ids
 from blueline.persistence.models import Event
+from blueline.persistence.queries import SetupView
 from blueline.persistence.types import utcnow
 
 LINE_REQUESTED = "line.requested"
@@ -25,25 +26,6 @@ LINE_ASSIGNED = "line.assigned"
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
-
-
-class SetupFields(Protocol):
-    """What an event records of a setup: an ORM row or a RETURNING row alike."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def workspace_id(self) -> str: ...
-    @property
-    def business_name(self) -> str: ...
-    @property
-    def label(self) -> str: ...
-    @property
-    def status(self) -> str: ...
-    @property
-    def created_at(self) -> datetime: ...
-    @property
-    def updated_at(self) -> datetime: ...
 
 
 class LineFields(Protocol):
@@ -61,7 +43,7 @@ class LineFields(Protocol):
     def assigned_at(self) -> datetime | None: ...
 
 
-def snapshot(setup: SetupFields, line: LineFields, line_count: int) -> dict[str, Any]:
+def snapshot(setup: SetupView, line: LineFields, line_count: int) -> dict[str, Any]:
     return {
         "setup": {
             "id": setup.id,
@@ -89,7 +71,7 @@ _INSERT = insert(Event)
 async def record(
     conn: AsyncConnection,
     event_type: str,
-    setup: SetupFields,
+    setup: SetupView,
     line: LineFields,
     line_count: int,
 ) -> None:
