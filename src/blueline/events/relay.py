@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 
 from sqlalchemy import bindparam, func, select, text, update
 
@@ -71,7 +70,6 @@ class Relay:
         bus: EventBus,
         *,
         poll_interval_s: float = 0.5,
-        on_published: Callable[[int], None] = lambda _n: None,
     ) -> None:
         self._db = db
         self._bus = bus
@@ -79,7 +77,6 @@ class Relay:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
-        self._on_published = on_published
 
     def kick(self) -> None:
         self._wake.set()
@@ -141,5 +138,4 @@ class Relay:
             m.outbox_publish_delay.observe((now - row.created_at).total_seconds())
         m.outbox_published.inc(len(rows))
         m.outbox_pending.set(0 if len(rows) < _BATCH else _BATCH)
-        self._on_published(len(rows))
         return len(rows)

@@ -146,19 +146,6 @@ async def get_setup_row(session: AsyncSession, workspace_id: str, setup_id: str)
     return SetupRow(found[0], int(found[1])) if found else None
 
 
-async def get_setup_rows(
-    session: AsyncSession, workspace_id: str, setup_ids: Sequence[str]
-) -> dict[str, SetupRow]:
-    query = (
-        select(IMessageSetup, _line_count())
-        .options(*_WITHOUT_SECRETS)
-        .where(col(IMessageSetup.id).in_(setup_ids))
-        .where(col(IMessageSetup.workspace_id) == workspace_id)
-        .where(col(IMessageSetup.state) == SetupState.READY)
-    )
-    return {s.id: SetupRow(s, int(n)) for s, n in (await session.execute(query)).all()}
-
-
 async def lines_for_setups(
     session: AsyncSession, workspace_id: str, setup_ids: Sequence[str]
 ) -> dict[str, list[PhoneLine]]:
