@@ -7,14 +7,19 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
 from blueline.errors import BluelineError
 from blueline.settings import Settings
+
+if TYPE_CHECKING:
+    from blueline.persistence.database import Database
+
+T = TypeVar("T")
 
 # How `serve` runs uvicorn (the benchmarks run the app the same way).
 UVICORN_OPTIONS: dict[str, Any] = {
@@ -50,6 +55,22 @@ def _migrate(settings: Settings) -> None:
     upgrade(settings.database_url)
 
 
+def _on_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    """Migrate, then run one piece of work on a database opened for it alone."""
+    _migrate(settings)
+
+    from blueline.persistence.database import Database
+
+    async def run() -> T:
+        db = Database(settings.database_url)
+        try:
+            return await work(db)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(run())
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     overrides: dict[str, object] = {}
     if args.host is not None:
@@ -66,7 +87,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from blueline.app import create_app
-    from blueline.persistence.database import Database
     from blueline.runtime import load_vault
     from blueline.security.access import bootstrap_default_workspace
 
@@ -74,17 +94,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger("blueline").warning(
             "production on SQLite: use PostgreSQL (BLUELINE_DATABASE_URL=postgresql+asyncpg://…)"
         )
-    _migrate(settings)
     load_vault(settings, create_keyring=True)
-
-    async def bootstrap() -> str | None:
-        db = Database(settings.database_url)
-        try:
-            return await bootstrap_default_workspace(db)
-        finally:
-            await db.dispose()
-
-    key = asyncio.run(bootstrap())
+    key = _on_database(settings, bootstrap_default_workspace)
     if key is not None:
         print(f"API key: {key}", flush=True)
     print(f"Blueline listening on http://{settings.host}:{settings.port}/graphql", flush=True)
@@ -99,44 +110,22 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
 
 
 def cmd_api_keys_create(args: argparse.Namespace) -> int:
-    from blueline.persistence.database import Database
     from blueline.security.access import create_api_key
 
-    settings = _settings()
-    _migrate(settings)
-
-    async def run() -> str:
-        db = Database(settings.database_url)
-        try:
-            return await create_api_key(db, args.workspace)
-        finally:
-            await db.dispose()
-
-    key = asyncio.run(run())
+    key = _on_database(_settings(), lambda db: create_api_key(db, args.workspace))
     print(f"API key for workspace {args.workspace.strip()!r} (shown once, store it now):")
     print(key, flush=True)
     return 0
 
 
 def cmd_api_keys_list(args: argparse.Namespace) -> int:
-    from blueline.persistence.database import Database
-    from blueline.security.access import ApiKeyInfo, list_api_keys
-
-    settings = _settings()
-    _migrate(settings)
-
-    async def run() -> list[ApiKeyInfo]:
-        db = Database(settings.database_url)
-        try:
-            return await list_api_keys(db, args.workspace)
-        finally:
-            await db.dispose()
+    from blueline.security.access import list_api_keys
 
     def when(value: object) -> str:
         return value.isoformat(timespec="seconds") if isinstance(value, datetime) else "-"
 
     print(f"{'id':32} {'workspace':20} {'key':16} {'created':25} {'last used':25} revoked")
-    for key in asyncio.run(run()):
+    for key in _on_database(_settings(), lambda db: list_api_keys(db, args.workspace)):
         print(
             f"{key.id:32} {key.workspace[:20]:20} {key.display_prefix + '…':16} "
             f"{when(key.created_at):25} {when(key.last_used_at):25} {when(key.revoked_at)}"
@@ -145,20 +134,9 @@ def cmd_api_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_api_keys_revoke(args: argparse.Namespace) -> int:
-    from blueline.persistence.database import Database
     from blueline.security.access import revoke_api_key
 
-    settings = _settings()
-    _migrate(settings)
-
-    async def run() -> None:
-        db = Database(settings.database_url)
-        try:
-            await revoke_api_key(db, args.key_id)
-        finally:
-            await db.dispose()
-
-    asyncio.run(run())
+    _on_database(_settings(), lambda db: revoke_api_key(db, args.key_id))
     print(f"revoked {args.key_id}: refused from the next request or operation on")
     return 0
 
@@ -179,21 +157,12 @@ def cmd_sandbox_provider(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_rotate(_args: argparse.Namespace) -> int:
-    from blueline.persistence.database import Database
     from blueline.runtime import load_vault
     from blueline.security.rotation import rotate_all
 
     settings = _settings()
-    _migrate(settings)
-
-    async def run() -> int:
-        db = Database(settings.database_url)
-        try:
-            return await rotate_all(db, load_vault(settings))
-        finally:
-            await db.dispose()
-
-    changed = asyncio.run(run())
+    vault = load_vault(settings)
+    changed = _on_database(settings, lambda db: rotate_all(db, vault))
     print(f"re-encrypted {changed} secret(s) under the primary key")
     return 0
 
@@ -223,21 +192,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from blueline.persistence.database import Database
     from blueline.persistence.retention import prune
 
-    settings = _settings()
-    _migrate(settings)
-
-    async def run() -> str:
-        db = Database(settings.database_url)
-        try:
-            pruned = await prune(db, args.days)
-        finally:
-            await db.dispose()
-        return f"pruned {pruned.deliveries} webhook deliveries and {pruned.events} events"
-
-    print(asyncio.run(run()))
+    pruned = _on_database(_settings(), lambda db: prune(db, args.days))
+    print(f"pruned {pruned.deliveries} webhook deliveries and {pruned.events} events")
     return 0
 
 
