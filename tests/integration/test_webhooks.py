@@ -168,8 +168,10 @@ def _rejections(pending: Pending) -> dict[str, tuple[str, bytes, dict[str, str]]
     body = pending.body()
     good = signed_headers(pending.secret, body)
     now = int(time.time())
-    stale = signed_headers(pending.secret, body, timestamp=now - 301)
-    future = signed_headers(pending.secret, body, timestamp=now + 301)
+    # Well past the 300 s window: the request reaches the server a moment after `now`,
+    # so a margin of one second would make the future case flaky.
+    stale = signed_headers(pending.secret, body, timestamp=now - 310)
+    future = signed_headers(pending.secret, body, timestamp=now + 310)
     wrong_secret = signed_headers(generate_secret(), body)
     unknown_path = "/webhooks/imessage/ims_01ZZZZZZZZZZZZZZZZZZZZZZZZ"
     return {
