@@ -14,10 +14,10 @@ import pytest
 
 from blueline.app import create_app
 from blueline.persistence.database import Database
-from blueline.provider.sandbox import create_sandbox_app
 from blueline.runtime import Runtime, open_runtime
 from blueline.security.access import create_api_key
 from blueline.settings import SANDBOX_PARTNER_KEY, Settings
+from blueline_sandbox import create_sandbox_app
 from tests.support.asgi_server import free_port, serve_asgi
 from tests.support.databases import (
     create_pg_database,

@@ -21,7 +21,6 @@ from strawberry.types.unset import UnsetType
 
 from blueline.observability.metrics import metrics
 from blueline.observability.request_id import request_id_middleware
-from blueline.provider.sandbox import create_sandbox_app
 from blueline.runtime import EMBEDDED_PROVIDER_PATH, Runtime, open_runtime
 from blueline.schema import build_schema
 from blueline.schema.context import Context, get_context
@@ -29,6 +28,7 @@ from blueline.schema.websocket import pinging_handler
 from blueline.security.access import authenticate
 from blueline.settings import Settings
 from blueline.webhooks.routes import receive_imessage_webhook
+from blueline_sandbox import create_sandbox_app
 
 logger = logging.getLogger(__name__)
 

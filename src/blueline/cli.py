@@ -144,7 +144,7 @@ def cmd_api_keys_revoke(args: argparse.Namespace) -> int:
 def cmd_sandbox_provider(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from blueline.provider.sandbox import create_sandbox_app
+    from blueline_sandbox import create_sandbox_app
 
     settings = _settings()
     app = create_sandbox_app(

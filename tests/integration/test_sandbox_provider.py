@@ -1,4 +1,8 @@
-"""The provider simulator over real HTTP: partner API, placements, webhooks and controls."""
+"""The provider simulator over real HTTP: partner API, placements, webhooks and controls.
+
+Signatures are checked with the ``standardwebhooks`` reference library, not with
+Blueline's own verifier: these tests pin the sandbox to the standard itself.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +19,9 @@ import httpx
 import pytest
 from litestar import Litestar, Request, Response, post
 from litestar.params import FromPath
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from blueline.provider.sandbox import create_sandbox_app, sandbox_state
-from blueline.webhooks.signature import verify
+from blueline_sandbox import create_sandbox_app, sandbox_state
 from tests.support.asgi_server import free_port, serve_asgi
 
 PARTNER_KEY = "test-partner-key"
@@ -138,14 +142,11 @@ async def _eventually(check: Callable[[], Any], timeout_s: float = 3.0) -> Any:
 
 
 def _verified(delivery: Delivery, secret: str) -> bool:
-    return verify(
-        [secret],
-        delivery.headers.get("webhook-id"),
-        delivery.headers.get("webhook-timestamp"),
-        delivery.headers.get("webhook-signature"),
-        delivery.body,
-        time.time(),
-    )
+    try:
+        Webhook(secret).verify(delivery.body, delivery.headers)
+    except WebhookVerificationError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- tests

@@ -1,1 +1,1 @@
-"""Upstream iMessage provider: the HTTP client Blueline uses and a local simulator of it."""
+"""Upstream iMessage provider: the HTTP client Blueline uses to reach it."""
