@@ -1,9 +1,9 @@
 """A simulator of the upstream iMessage provider, as its own ASGI app.
 
-It speaks the provider's HTTP API (subaccounts and line requests) and announces
-placements with Standard Webhooks signatures, so a client can be developed and tested
-against it end to end. Controls under ``/sandbox`` inject the failures a real provider
-shows (errors, slow answers, lost webhooks) on demand.
+It speaks the provider's HTTP API (subaccounts, line requests and their lifecycle) and
+announces placements with Standard Webhooks signatures, so a client can be developed
+and tested against it end to end. Controls under ``/sandbox`` inject what a real
+provider does on its own: errors, slow answers, lost webhooks.
 
 The package is an independent implementation of the provider side and shares no code
 with any client of it. All state lives in memory, one :class:`SandboxState` per app.

@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import httpx
 import msgspec
-from litestar import Litestar, Request, Response, Router, delete, get, post, put
+from litestar import Litestar, Request, Response, Router, delete, get, patch, post, put
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
@@ -49,11 +49,17 @@ _T = TypeVar("_T")
 
 # ------------------------------------------------------------------- request bodies
 
+_BusinessName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
 
 class _CreateSubaccountBody(msgspec.Struct):
-    business_name: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    business_name: _BusinessName
     external_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     webhook_url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+
+
+class _RenameBody(msgspec.Struct):
+    business_name: _BusinessName
 
 
 class _ConfigBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -175,11 +181,38 @@ async def find_subaccounts(
     return {"data": [s.as_json() for s in sandbox.subaccounts(external_id)]}
 
 
+@patch("/subaccounts/{subaccount_id:str}")
+async def rename_subaccount(
+    subaccount_id: FromPath[str],
+    request: Request[Any, Any, Any],
+    sandbox: NamedDependency[SandboxState],
+) -> dict[str, Any]:
+    subaccount = sandbox.open_subaccount(subaccount_id)
+    body = await _decode(request, _RenameBody)
+    if not body.business_name.strip():
+        raise _unprocessable("business_name must not be blank")
+    return sandbox.rename(subaccount, body.business_name).as_json()
+
+
 @delete("/subaccounts/{subaccount_id:str}")
 async def close_subaccount(
     subaccount_id: FromPath[str], sandbox: NamedDependency[SandboxState]
 ) -> None:
     sandbox.close(sandbox.open_subaccount(subaccount_id))
+
+
+@post("/subaccounts/{subaccount_id:str}/suspend", status_code=HTTP_200_OK)
+async def suspend_subaccount(
+    subaccount_id: FromPath[str], sandbox: NamedDependency[SandboxState]
+) -> dict[str, Any]:
+    return sandbox.suspend(sandbox.open_subaccount(subaccount_id)).as_json()
+
+
+@post("/subaccounts/{subaccount_id:str}/reactivate", status_code=HTTP_200_OK)
+async def reactivate_subaccount(
+    subaccount_id: FromPath[str], sandbox: NamedDependency[SandboxState]
+) -> dict[str, Any]:
+    return sandbox.reactivate(sandbox.open_subaccount(subaccount_id)).as_json()
 
 
 @post("/subaccounts/{subaccount_id:str}/lines")
@@ -195,6 +228,13 @@ async def list_lines(
 ) -> dict[str, Any]:
     subaccount = sandbox.open_subaccount(subaccount_id)
     return {"data": [line.as_json() for line in subaccount.lines]}
+
+
+@delete("/subaccounts/{subaccount_id:str}/lines/{request_id:str}")
+async def release_line(
+    subaccount_id: FromPath[str], request_id: FromPath[str], sandbox: NamedDependency[SandboxState]
+) -> None:
+    sandbox.release_line(sandbox.open_subaccount(subaccount_id), request_id)
 
 
 # ------------------------------------------------------- sandbox controls (/sandbox)
@@ -304,9 +344,13 @@ def create_sandbox_app(
         route_handlers=[
             create_subaccount,
             find_subaccounts,
+            rename_subaccount,
             close_subaccount,
+            suspend_subaccount,
+            reactivate_subaccount,
             request_line,
             list_lines,
+            release_line,
         ],
     )
     controls = Router(

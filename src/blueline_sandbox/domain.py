@@ -22,8 +22,8 @@ __all__ = [
     "now_iso",
 ]
 
-LineStatus = Literal["pending", "assigned"]
-SubaccountStatus = Literal["active", "closed"]
+LineStatus = Literal["pending", "assigned", "released"]
+SubaccountStatus = Literal["active", "suspended", "closed"]
 
 
 def new_token(prefix: str) -> str:
@@ -68,6 +68,7 @@ class Line:
     request_id: str
     subaccount_id: str
     status: LineStatus = "pending"
+    # Kept after release: the provider still reports which number the line had.
     phone_number: str | None = None
     last_event: WebhookEvent | None = None
 

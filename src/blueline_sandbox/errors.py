@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-__all__ = ["Conflict", "NotFound", "OutOfNumbers", "SandboxError"]
+__all__ = ["Conflict", "NotFound", "OutOfNumbers", "SandboxError", "SubaccountSuspended"]
 
 
 class SandboxError(Exception):
@@ -25,6 +25,16 @@ class NotFound(SandboxError):
 
 class Conflict(SandboxError):
     status_code = 409
+
+
+class SubaccountSuspended(Conflict):
+    """The partner API documents this one answer body exactly, so it is kept apart."""
+
+    def __init__(self) -> None:
+        super().__init__("subaccount is suspended")
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.detail}
 
 
 class OutOfNumbers(SandboxError):

@@ -1,4 +1,4 @@
-"""The simulator's memory and the provider's rules: subaccounts, line requests, placements.
+"""The simulator's memory and the provider's rules: lifecycle, placements, releases.
 
 Every mutation is synchronous, so a check-then-insert cannot interleave with another
 request on the event loop: overlapping creates for one ``external_id`` share a
@@ -19,7 +19,7 @@ import httpx
 import msgspec
 
 from blueline_sandbox.domain import Line, SandboxConfig, Subaccount, WebhookEvent, new_token
-from blueline_sandbox.errors import Conflict, NotFound
+from blueline_sandbox.errors import Conflict, NotFound, SubaccountSuspended
 from blueline_sandbox.phone_numbers import NumberPool
 from blueline_sandbox.webhooks import WebhookSender, new_webhook_secret
 
@@ -116,10 +116,35 @@ class SandboxState:
         return subaccount
 
     def request_line(self, subaccount: Subaccount) -> Line:
+        if subaccount.status == "suspended":
+            raise SubaccountSuspended()
         return self._add_line(subaccount)
+
+    def rename(self, subaccount: Subaccount, business_name: str) -> Subaccount:
+        subaccount.business_name = business_name
+        return subaccount
+
+    def suspend(self, subaccount: Subaccount) -> Subaccount:
+        subaccount.status = "suspended"
+        return subaccount
+
+    def reactivate(self, subaccount: Subaccount) -> Subaccount:
+        subaccount.status = "active"
+        return subaccount
 
     def close(self, subaccount: Subaccount) -> None:
         subaccount.status = "closed"
+        for line in subaccount.lines:
+            self._release(line)
+
+    def release_line(self, subaccount: Subaccount, request_id: str) -> Line:
+        """Cancel a pending request or give back an assigned number; repeats are no-ops."""
+        line = self._lines.get(request_id)
+        # Another subaccount's request is reported exactly like one that never existed.
+        if line is None or line.subaccount_id != subaccount.id:
+            raise NotFound("no such line request")
+        self._release(line)
+        return line
 
     # -- sandbox controls
 
@@ -129,12 +154,12 @@ class SandboxState:
     def assign(self, request_id: str, phone_number: str | None) -> Line:
         """Place a pending line now; repeating the same placement is a no-op."""
         line = self._line(request_id)
+        if line.status == "released":
+            raise Conflict("line request is released")
         if line.status == "assigned":
             if phone_number is None or phone_number == line.phone_number:
                 return line
             raise Conflict("line request is already assigned to another number")
-        if self._subaccounts[line.subaccount_id].status != "active":
-            raise NotFound("the subaccount is closed")
         if phone_number is not None and not self._numbers.is_free(phone_number):
             raise Conflict("phone number is already assigned to another line")
         number = phone_number if phone_number is not None else self._numbers.pick()
@@ -188,6 +213,13 @@ class SandboxState:
             self._spawn(self._auto_assign(line, config.auto_assign_after_s))
         return line
 
+    def _release(self, line: Line) -> None:
+        if line.status == "released":
+            return
+        if line.status == "assigned" and line.phone_number is not None:
+            self._numbers.free(line.phone_number)
+        line.status = "released"
+
     def _place(self, line: Line, number: str, *, announce: bool) -> None:
         line.status = "assigned"
         line.phone_number = number
@@ -210,7 +242,9 @@ class SandboxState:
 
     async def _auto_assign(self, line: Line, delay_s: float) -> None:
         await asyncio.sleep(delay_s)
-        if line.status != "pending" or self._subaccounts[line.subaccount_id].status != "active":
+        # Only a release stops a placement: a suspended subaccount still gets its
+        # numbers, and a closed one has released every line.
+        if line.status != "pending":
             return
         # A placement is announced according to the config at the time it happens.
         self._place(line, self._numbers.pick(), announce=self.config.deliver_webhooks)

@@ -7,6 +7,7 @@ Blueline's own verifier: these tests pin the sandbox to the standard itself.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import threading
@@ -449,18 +450,61 @@ async def test_latency_delays_the_answer_but_not_the_effect(client: httpx.AsyncC
 async def test_close_makes_later_calls_404(client: httpx.AsyncClient) -> None:
     sub = (await _create(client, "ims_close")).json()
     path = f"/v1/subaccounts/{sub['id']}"
+    request_id = sub["lines"][0]["request_id"]
     closed = await client.delete(path, headers=AUTH)
     assert closed.status_code == 204
     assert closed.content == b""
-    assert (await client.get(f"{path}/lines", headers=AUTH)).status_code == 404
-    assert (await client.post(f"{path}/lines", headers=AUTH)).status_code == 404
-    assert (await client.delete(path, headers=AUTH)).status_code == 404
+    after_close = [
+        ("GET", f"{path}/lines", None),
+        ("POST", f"{path}/lines", None),
+        ("DELETE", path, None),
+        ("PATCH", path, {"business_name": "Renamed"}),
+        ("POST", f"{path}/suspend", None),
+        ("POST", f"{path}/reactivate", None),
+        ("DELETE", f"{path}/lines/{request_id}", None),
+    ]
+    for method, url, payload in after_close:
+        response = await client.request(method, url, headers=AUTH, json=payload)
+        assert response.status_code == 404, (method, url)
     assert (await client.delete("/v1/subaccounts/sa_unknown", headers=AUTH)).status_code == 404
     # The external id still maps to it: a retried create gets the closed one back.
     again = await _create(client, "ims_close")
     assert again.status_code == 200
     assert again.json()["id"] == sub["id"]
+    assert again.json()["status"] == "closed"
+    assert again.json()["business_name"] == "Dental Co"
+    found = await client.get("/v1/subaccounts", params={"external_id": "ims_close"}, headers=AUTH)
+    assert found.json() == {"data": [again.json()]}
     assert (await _inspect(client, "ims_close"))["status"] == "closed"
+
+
+async def test_close_releases_every_line_and_frees_its_number(
+    client: httpx.AsyncClient,
+) -> None:
+    sub = (await _create(client, "ims_close_lines")).json()
+    pending = sub["lines"][0]["request_id"]
+    placed = (await client.post(f"/v1/subaccounts/{sub['id']}/lines", headers=AUTH)).json()
+    number = "+14155550142"
+    await client.post(
+        f"/sandbox/line-requests/{placed['request_id']}/assign", json={"phone_number": number}
+    )
+    assert (await client.delete(f"/v1/subaccounts/{sub['id']}", headers=AUTH)).status_code == 204
+
+    [closed] = (
+        await client.get("/v1/subaccounts", params={"external_id": "ims_close_lines"}, headers=AUTH)
+    ).json()["data"]
+    assert closed["status"] == "closed"
+    assert closed["lines"] == [
+        {"request_id": pending, "status": "released", "phone_number": None},
+        {"request_id": placed["request_id"], "status": "released", "phone_number": number},
+    ]
+    # Freed: another subaccount's line can be given the same number.
+    other = (await _create(client, "ims_after_close")).json()
+    reused = await client.post(
+        f"/sandbox/line-requests/{other['lines'][0]['request_id']}/assign",
+        json={"phone_number": number},
+    )
+    assert reused.status_code == 200
 
 
 async def test_config_fields_left_out_reset_to_defaults(client: httpx.AsyncClient) -> None:
@@ -525,3 +569,281 @@ def test_shutdown_cancels_background_work(receiver: Receiver) -> None:
         assert sandbox_state(app).pending_tasks == 1
     assert sandbox_state(app).pending_tasks == 0
     assert receiver.deliveries("off") == []
+
+
+# ------------------------------------------------------------------ lifecycle API
+
+
+async def _lines(client: httpx.AsyncClient, subaccount_id: str) -> list[dict[str, Any]]:
+    response = await client.get(f"/v1/subaccounts/{subaccount_id}/lines", headers=AUTH)
+    assert response.status_code == 200, response.text
+    data: list[dict[str, Any]] = response.json()["data"]
+    return data
+
+
+async def test_new_calls_require_the_partner_key(client: httpx.AsyncClient) -> None:
+    sub = (await _create(client, "ims_auth")).json()
+    path = f"/v1/subaccounts/{sub['id']}"
+    calls = [
+        ("PATCH", path, {"business_name": "X"}),
+        ("POST", f"{path}/suspend", None),
+        ("POST", f"{path}/reactivate", None),
+        ("DELETE", f"{path}/lines/{sub['lines'][0]['request_id']}", None),
+    ]
+    for method, url, payload in calls:
+        response = await client.request(method, url, json=payload)
+        assert response.status_code == 401, (method, url)
+    state = await _inspect(client, "ims_auth")
+    assert state["business_name"] == "Dental Co"
+    assert state["status"] == "active"
+    assert state["lines"][0]["status"] == "pending"
+
+
+async def test_suspend_and_reactivate_are_idempotent(client: httpx.AsyncClient) -> None:
+    sub = (await _create(client, "ims_suspend")).json()
+    path = f"/v1/subaccounts/{sub['id']}"
+    for _ in range(2):
+        suspended = await client.post(f"{path}/suspend", headers=AUTH)
+        assert suspended.status_code == 200
+        assert suspended.json() == {**sub, "status": "suspended"}
+    found = await client.get("/v1/subaccounts", params={"external_id": "ims_suspend"}, headers=AUTH)
+    assert found.json()["data"][0]["status"] == "suspended"
+    # A suspended subaccount is still readable.
+    assert await _lines(client, sub["id"]) == sub["lines"]
+    for _ in range(2):
+        reactivated = await client.post(f"{path}/reactivate", headers=AUTH)
+        assert reactivated.status_code == 200
+        assert reactivated.json() == sub
+    unknown = await client.post("/v1/subaccounts/sa_unknown/suspend", headers=AUTH)
+    assert unknown.status_code == 404
+
+
+async def test_line_request_on_a_suspended_subaccount_is_409(client: httpx.AsyncClient) -> None:
+    sub = (await _create(client, "ims_no_lines")).json()
+    path = f"/v1/subaccounts/{sub['id']}"
+    await client.post(f"{path}/suspend", headers=AUTH)
+    refused = await client.post(f"{path}/lines", headers=AUTH)
+    assert refused.status_code == 409
+    assert refused.json() == {"error": "subaccount is suspended"}
+    assert await _lines(client, sub["id"]) == sub["lines"]
+
+    await client.post(f"{path}/reactivate", headers=AUTH)
+    assert (await client.post(f"{path}/lines", headers=AUTH)).status_code == 201
+    assert len(await _lines(client, sub["id"])) == 2
+
+
+async def test_a_suspended_subaccount_can_be_closed(client: httpx.AsyncClient) -> None:
+    sub = (await _create(client, "ims_suspend_close")).json()
+    path = f"/v1/subaccounts/{sub['id']}"
+    await client.post(f"{path}/suspend", headers=AUTH)
+    assert (await client.delete(path, headers=AUTH)).status_code == 204
+    state = await _inspect(client, "ims_suspend_close")
+    assert state["status"] == "closed"
+    assert [line["status"] for line in state["lines"]] == ["released"]
+
+
+async def test_placements_are_still_announced_while_suspended(
+    client: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    await _configure(client, auto_assign_after_s=0.2)
+    sub = (await _create(client, "ims_suspended_auto", receiver.url("suspended"))).json()
+    automatic = sub["lines"][0]["request_id"]
+    await _configure(client)  # the next line is left to the manual placement below
+    manual = (await client.post(f"/v1/subaccounts/{sub['id']}/lines", headers=AUTH)).json()
+    suspended = (await client.post(f"/v1/subaccounts/{sub['id']}/suspend", headers=AUTH)).json()
+    assert suspended["lines"][0]["status"] == "pending"  # suspended before the placement
+
+    [first] = await _eventually(lambda: receiver.deliveries("suspended"))
+    assert _verified(first, sub["webhook_secret"])
+    assert json.loads(first.body)["data"]["request_id"] == automatic
+
+    assigned = await client.post(f"/sandbox/line-requests/{manual['request_id']}/assign")
+    assert assigned.status_code == 200
+    deliveries = await _eventually(lambda: (d := receiver.deliveries("suspended"))[1:] and d)
+    assert _verified(deliveries[1], sub["webhook_secret"])
+    assert json.loads(deliveries[1].body)["data"]["request_id"] == manual["request_id"]
+    assert [line["status"] for line in await _lines(client, sub["id"])] == ["assigned"] * 2
+    assert (await _inspect(client, "ims_suspended_auto"))["status"] == "suspended"
+
+
+async def test_release_cancels_a_pending_request_and_frees_an_assigned_number(
+    client: httpx.AsyncClient,
+) -> None:
+    sub = (await _create(client, "ims_release")).json()
+    path = f"/v1/subaccounts/{sub['id']}"
+    pending = sub["lines"][0]["request_id"]
+    assigned = (await client.post(f"{path}/lines", headers=AUTH)).json()["request_id"]
+    kept = (await client.post(f"{path}/lines", headers=AUTH)).json()["request_id"]
+    number = "+12125550177"
+    await client.post(f"/sandbox/line-requests/{assigned}/assign", json={"phone_number": number})
+
+    for _ in range(2):  # releasing a released line answers the same
+        for request_id in (pending, assigned):
+            released = await client.delete(f"{path}/lines/{request_id}", headers=AUTH)
+            assert released.status_code == 204
+            assert released.content == b""
+    assert await _lines(client, sub["id"]) == [
+        {"request_id": pending, "status": "released", "phone_number": None},
+        {"request_id": assigned, "status": "released", "phone_number": number},
+        {"request_id": kept, "status": "pending", "phone_number": None},
+    ]
+    # The number went back to the pool.
+    reused = await client.post(
+        f"/sandbox/line-requests/{kept}/assign", json={"phone_number": number}
+    )
+    assert reused.status_code == 200
+
+
+async def test_release_of_an_unknown_request_is_404(client: httpx.AsyncClient) -> None:
+    sub = (await _create(client, "ims_release_404")).json()
+    other = (await _create(client, "ims_release_other")).json()
+    path = f"/v1/subaccounts/{sub['id']}"
+    assert (await client.delete(f"{path}/lines/lr_unknown", headers=AUTH)).status_code == 404
+    foreign = other["lines"][0]["request_id"]
+    assert (await client.delete(f"{path}/lines/{foreign}", headers=AUTH)).status_code == 404
+    assert (await _inspect(client, "ims_release_other"))["lines"][0]["status"] == "pending"
+    missing = await client.delete(f"/v1/subaccounts/sa_unknown/lines/{foreign}", headers=AUTH)
+    assert missing.status_code == 404
+
+
+async def test_a_released_line_is_never_placed(
+    client: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    await _configure(client, auto_assign_after_s=0.2)
+    sub = (await _create(client, "ims_never", receiver.url("never"))).json()
+    request_id = sub["lines"][0]["request_id"]
+    released = await client.delete(f"/v1/subaccounts/{sub['id']}/lines/{request_id}", headers=AUTH)
+    assert released.status_code == 204
+    await asyncio.sleep(0.4)
+    assert await _lines(client, sub["id"]) == [
+        {"request_id": request_id, "status": "released", "phone_number": None}
+    ]
+    assert receiver.deliveries("never") == []
+
+    for payload in ({}, {"phone_number": "+13125550101"}):
+        manual = await client.post(f"/sandbox/line-requests/{request_id}/assign", json=payload)
+        assert manual.status_code == 409
+    assert (await _lines(client, sub["id"]))[0]["status"] == "released"
+
+
+async def test_rename_changes_the_business_name(client: httpx.AsyncClient) -> None:
+    sub = (await _create(client, "ims_rename")).json()
+    path = f"/v1/subaccounts/{sub['id']}"
+    renamed = await client.patch(path, headers=AUTH, json={"business_name": "Smile Dental"})
+    assert renamed.status_code == 200
+    assert renamed.json() == {**sub, "business_name": "Smile Dental"}
+    longest = "x" * 256
+    assert (await client.patch(path, headers=AUTH, json={"business_name": longest})).json()[
+        "business_name"
+    ] == longest
+    await client.post(f"{path}/suspend", headers=AUTH)
+    suspended = await client.patch(path, headers=AUTH, json={"business_name": "Paused Co"})
+    assert suspended.status_code == 200
+    assert suspended.json()["status"] == "suspended"
+    unknown = await client.patch(
+        "/v1/subaccounts/sa_unknown", headers=AUTH, json={"business_name": "A"}
+    )
+    assert unknown.status_code == 404
+
+
+BAD_RENAME_BODIES: list[Any] = [
+    {},
+    {"business_name": ""},
+    {"business_name": "   "},
+    {"business_name": "x" * 257},
+    {"business_name": None},
+    {"business_name": 7},
+    {"name": "Smile Dental"},
+    [],
+]
+
+
+async def test_rename_rejects_bad_input(client: httpx.AsyncClient) -> None:
+    sub = (await _create(client, "ims_rename_bad")).json()
+    path = f"/v1/subaccounts/{sub['id']}"
+    for payload in BAD_RENAME_BODIES:
+        response = await client.patch(path, headers=AUTH, json=payload)
+        assert response.status_code == 422, payload
+        assert response.json()["status_code"] == 422
+    bad_json = await client.patch(
+        path, headers={**AUTH, "content-type": "application/json"}, content=b"{nope"
+    )
+    assert bad_json.status_code == 422
+    assert (await _inspect(client, "ims_rename_bad"))["business_name"] == "Dental Co"
+
+
+async def test_failure_rate_gates_the_lifecycle_calls_before_any_effect(
+    client: httpx.AsyncClient,
+) -> None:
+    sub = (await _create(client, "ims_gate")).json()
+    path = f"/v1/subaccounts/{sub['id']}"
+    request_id = sub["lines"][0]["request_id"]
+    await _configure(client, failure_rate=1)
+    calls = [
+        ("PATCH", path, {"business_name": "Never"}),
+        ("POST", f"{path}/suspend", None),
+        ("POST", f"{path}/reactivate", None),
+        ("DELETE", f"{path}/lines/{request_id}", None),
+        ("GET", f"{path}/lines", None),
+        ("GET", "/v1/subaccounts", None),
+        ("DELETE", path, None),
+    ]
+    for method, url, payload in calls:
+        response = await client.request(method, url, headers=AUTH, json=payload)
+        assert response.status_code == 503, (method, url)
+    await _configure(client)
+    state = await _inspect(client, "ims_gate")
+    assert (state["business_name"], state["status"]) == ("Dental Co", "active")
+    assert state["lines"][0]["status"] == "pending"
+
+    # A suspended subaccount's refusal also comes after the gate, not instead of it.
+    await client.post(f"{path}/suspend", headers=AUTH)
+    await _configure(client, failure_rate=1)
+    assert (await client.post(f"{path}/lines", headers=AUTH)).status_code == 503
+
+
+async def test_latency_delays_lifecycle_answers_but_not_their_effect(
+    client: httpx.AsyncClient,
+) -> None:
+    sub = (await _create(client, "ims_slow_lifecycle")).json()
+    path = f"/v1/subaccounts/{sub['id']}"
+    request_id = sub["lines"][0]["request_id"]
+    await _configure(client, latency_ms=600)
+    calls = [
+        ("PATCH", path, {"business_name": "Slow Dental"}),
+        ("POST", f"{path}/suspend", None),
+        ("DELETE", f"{path}/lines/{request_id}", None),
+    ]
+    for method, url, payload in calls:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.request(method, url, headers=AUTH, json=payload, timeout=0.2)
+    await _configure(client, latency_ms=300)
+    started = time.monotonic()
+    refused = await client.post(f"{path}/lines", headers=AUTH)
+    assert refused.status_code == 409  # refusals wait as long as successes
+    assert time.monotonic() - started >= 0.3
+    await _configure(client)
+    state = await _inspect(client, "ims_slow_lifecycle")
+    assert (state["business_name"], state["status"]) == ("Slow Dental", "suspended")
+    assert [line["status"] for line in state["lines"]] == ["released"]
+
+
+def test_generated_webhook_secrets_follow_the_standard_format(receiver: Receiver) -> None:
+    app = create_sandbox_app(PARTNER_KEY, auto_assign_after_s=None)
+    with serve_asgi(app) as base_url:
+        secrets_seen = set()
+        for n in range(5):
+            response = httpx.post(
+                f"{base_url}/v1/subaccounts",
+                headers=AUTH,
+                json={
+                    "business_name": "A",
+                    "external_id": f"ims_secret_{n}",
+                    "webhook_url": receiver.url("unused"),
+                },
+            )
+            secret = response.json()["webhook_secret"]
+            assert re.fullmatch(r"whsec_[A-Za-z0-9+/]{43}=", secret)
+            assert len(base64.b64decode(secret.removeprefix("whsec_"), validate=True)) == 32
+            secrets_seen.add(secret)
+        assert len(secrets_seen) == 5
