@@ -11,7 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import httpx
 import msgspec
@@ -75,6 +75,10 @@ class _ConfigBody(msgspec.Struct, forbid_unknown_fields=True):
 
 class _AssignBody(msgspec.Struct, forbid_unknown_fields=True):
     phone_number: str | None = None
+
+
+class _StatusBody(msgspec.Struct, forbid_unknown_fields=True):
+    status: Literal["active", "suspended", "closed"]
 
 
 def _unprocessable(detail: str) -> ClientException:
@@ -283,11 +287,35 @@ async def redeliver_line_event(
     return {"webhook_id": event.webhook_id, "request_id": event.request_id}
 
 
+@post("/line-requests/{request_id:str}/release", status_code=HTTP_200_OK)
+async def force_release_line(
+    request_id: FromPath[str], sandbox: NamedDependency[SandboxState]
+) -> dict[str, Any]:
+    return sandbox.force_release(request_id).as_json()
+
+
 @get("/subaccounts")
 async def inspect_subaccounts(
     sandbox: NamedDependency[SandboxState], external_id: FromQuery[str | None] = None
 ) -> dict[str, Any]:
     return {"data": [s.as_sandbox_json() for s in sandbox.subaccounts(external_id)]}
+
+
+@post("/subaccounts/{subaccount_id:str}/status", status_code=HTTP_200_OK)
+async def force_subaccount_status(
+    subaccount_id: FromPath[str],
+    request: Request[Any, Any, Any],
+    sandbox: NamedDependency[SandboxState],
+) -> dict[str, Any]:
+    body = await _decode(request, _StatusBody)
+    return sandbox.force_status(subaccount_id, body.status).as_sandbox_json()
+
+
+@post("/subaccounts/{subaccount_id:str}/lines")
+async def inject_line(
+    subaccount_id: FromPath[str], sandbox: NamedDependency[SandboxState]
+) -> dict[str, Any]:
+    return sandbox.inject_line(subaccount_id).as_json()
 
 
 # ----------------------------------------------------------------------------- app
@@ -360,7 +388,10 @@ def create_sandbox_app(
             put_config,
             assign_line,
             redeliver_line_event,
+            force_release_line,
             inspect_subaccounts,
+            force_subaccount_status,
+            inject_line,
         ],
     )
     return Litestar(

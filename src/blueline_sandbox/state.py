@@ -18,7 +18,14 @@ from typing import Any
 import httpx
 import msgspec
 
-from blueline_sandbox.domain import Line, SandboxConfig, Subaccount, WebhookEvent, new_token
+from blueline_sandbox.domain import (
+    Line,
+    SandboxConfig,
+    Subaccount,
+    SubaccountStatus,
+    WebhookEvent,
+    new_token,
+)
 from blueline_sandbox.errors import Conflict, NotFound, SubaccountSuspended
 from blueline_sandbox.phone_numbers import NumberPool
 from blueline_sandbox.webhooks import WebhookSender, new_webhook_secret
@@ -32,7 +39,8 @@ class SandboxState:
     """One simulated provider: what it holds, and the calls both APIs make on it.
 
     Partner calls take a subaccount found with :meth:`open_subaccount`, so a closed one
-    is never touched.
+    is never touched; sandbox controls look records up themselves and may act where a
+    partner could not (a suspended subaccount, a line nobody asked for).
     """
 
     def __init__(
@@ -175,6 +183,34 @@ class SandboxState:
         self._spawn(self._sender.deliver(self._subaccounts[line.subaccount_id], event))
         return event
 
+    def force_status(self, subaccount_id: str, status: SubaccountStatus) -> Subaccount:
+        """Change a subaccount's status behind the partner's back (no webhook)."""
+        subaccount = self._subaccount(subaccount_id)
+        if subaccount.status == "closed" and status != "closed":
+            raise Conflict("a closed subaccount cannot be reopened")
+        if status == "closed":
+            self.close(subaccount)
+        else:
+            subaccount.status = status
+        return subaccount
+
+    def force_release(self, request_id: str) -> Line:
+        """Release a line behind the partner's back (no webhook)."""
+        line = self._line(request_id)
+        self._release(line)
+        return line
+
+    def inject_line(self, subaccount_id: str) -> Line:
+        """A line request the partner never saw the answer to; it is placed as usual.
+
+        Allowed on a suspended subaccount, where the partner API would refuse: the
+        point is to reach states a client must cope with, however it got there.
+        """
+        subaccount = self._subaccount(subaccount_id)
+        if subaccount.status == "closed":
+            raise Conflict("the subaccount is closed")
+        return self._add_line(subaccount)
+
     # -- lifecycle
 
     def start(self) -> None:
@@ -194,6 +230,12 @@ class SandboxState:
         return len(self._tasks)
 
     # -- internals
+
+    def _subaccount(self, subaccount_id: str) -> Subaccount:
+        subaccount = self._subaccounts.get(subaccount_id)
+        if subaccount is None:
+            raise NotFound("no such subaccount")
+        return subaccount
 
     def _line(self, request_id: str) -> Line:
         line = self._lines.get(request_id)

@@ -828,6 +828,166 @@ async def test_latency_delays_lifecycle_answers_but_not_their_effect(
     assert [line["status"] for line in state["lines"]] == ["released"]
 
 
+# -------------------------------------------------------- upstream-only controls
+
+
+async def test_sandbox_status_control_changes_status_without_telling_anyone(
+    client: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    sub = (await _create(client, "ims_forced", receiver.url("forced"))).json()
+    control = f"/sandbox/subaccounts/{sub['id']}/status"
+
+    suspended = await client.post(control, json={"status": "suspended"})
+    assert suspended.status_code == 200
+    view = suspended.json()
+    assert view["status"] == "suspended"
+    assert view["webhook_url"] == receiver.url("forced")
+    assert view["deliveries"] == []
+    assert (await client.post(control, json={"status": "suspended"})).status_code == 200
+    refused = await client.post(f"/v1/subaccounts/{sub['id']}/lines", headers=AUTH)
+    assert refused.json() == {"error": "subaccount is suspended"}
+
+    active = await client.post(control, json={"status": "active"})
+    assert active.json()["status"] == "active"
+    assert (
+        await client.post(f"/v1/subaccounts/{sub['id']}/lines", headers=AUTH)
+    ).status_code == 201
+
+    closed = await client.post(control, json={"status": "closed"})
+    assert closed.status_code == 200
+    assert closed.json()["status"] == "closed"
+    assert [line["status"] for line in closed.json()["lines"]] == ["released", "released"]
+    assert (await client.get(f"/v1/subaccounts/{sub['id']}/lines", headers=AUTH)).status_code == 404
+    assert (await client.post(control, json={"status": "closed"})).status_code == 200
+    reopen = await client.post(control, json={"status": "active"})
+    assert reopen.status_code == 409
+
+    await asyncio.sleep(0.2)
+    assert receiver.deliveries("forced") == []
+    assert (await _inspect(client, "ims_forced"))["deliveries"] == []
+
+
+async def test_sandbox_status_control_frees_numbers_on_close(client: httpx.AsyncClient) -> None:
+    sub = (await _create(client, "ims_forced_close")).json()
+    number = "+16175550111"
+    await client.post(
+        f"/sandbox/line-requests/{sub['lines'][0]['request_id']}/assign",
+        json={"phone_number": number},
+    )
+    await client.post(f"/sandbox/subaccounts/{sub['id']}/status", json={"status": "closed"})
+    other = (await _create(client, "ims_forced_close_next")).json()
+    reused = await client.post(
+        f"/sandbox/line-requests/{other['lines'][0]['request_id']}/assign",
+        json={"phone_number": number},
+    )
+    assert reused.status_code == 200
+
+
+BAD_STATUS_BODIES: list[Any] = [
+    {},
+    {"status": "paused"},
+    {"status": None},
+    {"status": "active", "reason": "unknown fields are refused"},
+    [],
+]
+
+
+async def test_sandbox_status_control_rejects_bad_input(client: httpx.AsyncClient) -> None:
+    sub = (await _create(client, "ims_forced_bad")).json()
+    control = f"/sandbox/subaccounts/{sub['id']}/status"
+    for payload in BAD_STATUS_BODIES:
+        response = await client.post(control, json=payload)
+        assert response.status_code == 422, payload
+    unknown = await client.post("/sandbox/subaccounts/sa_unknown/status", json={"status": "active"})
+    assert unknown.status_code == 404
+    assert (await _inspect(client, "ims_forced_bad"))["status"] == "active"
+
+
+async def test_sandbox_release_control(client: httpx.AsyncClient, receiver: Receiver) -> None:
+    await _configure(client, auto_assign_after_s=0.2)
+    sub = (await _create(client, "ims_forced_release", receiver.url("forced_release"))).json()
+    request_id = sub["lines"][0]["request_id"]
+    for _ in range(2):
+        released = await client.post(f"/sandbox/line-requests/{request_id}/release")
+        assert released.status_code == 200
+        assert released.json() == {
+            "request_id": request_id,
+            "status": "released",
+            "phone_number": None,
+        }
+    await asyncio.sleep(0.4)  # past the automatic placement it would have had
+    assert (await _lines(client, sub["id"]))[0]["status"] == "released"
+    assert receiver.deliveries("forced_release") == []
+    assert (await client.post("/sandbox/line-requests/lr_unknown/release")).status_code == 404
+
+
+async def test_sandbox_release_control_keeps_the_number_on_show(
+    client: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    await _configure(client, assign_immediately=True)
+    sub = (await _create(client, "ims_forced_release_number", receiver.url("frn"))).json()
+    [line] = sub["lines"]
+    released = await client.post(f"/sandbox/line-requests/{line['request_id']}/release")
+    assert released.json() == {**line, "status": "released"}
+    await _configure(client)
+    other = (await _create(client, "ims_forced_release_next")).json()
+    reused = await client.post(
+        f"/sandbox/line-requests/{other['lines'][0]['request_id']}/assign",
+        json={"phone_number": line["phone_number"]},
+    )
+    assert reused.status_code == 200
+    await asyncio.sleep(0.2)
+    assert receiver.deliveries("frn") == []
+
+
+async def test_sandbox_line_control_adds_a_request_the_client_never_made(
+    client: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    sub = (await _create(client, "ims_injected", receiver.url("injected"))).json()
+    await _configure(client, auto_assign_after_s=0.2)
+    injected = await client.post(f"/sandbox/subaccounts/{sub['id']}/lines")
+    assert injected.status_code == 201
+    line = injected.json()
+    assert line == {"request_id": line["request_id"], "status": "pending", "phone_number": None}
+    assert [entry["request_id"] for entry in await _lines(client, sub["id"])] == [
+        sub["lines"][0]["request_id"],
+        line["request_id"],
+    ]
+    # It is then placed and announced like any other request.
+    [delivery] = await _eventually(lambda: receiver.deliveries("injected"))
+    assert json.loads(delivery.body)["data"]["request_id"] == line["request_id"]
+    assert _verified(delivery, sub["webhook_secret"])
+
+
+async def test_sandbox_line_control_works_while_suspended_but_not_closed(
+    client: httpx.AsyncClient,
+) -> None:
+    sub = (await _create(client, "ims_injected_suspended")).json()
+    control = f"/sandbox/subaccounts/{sub['id']}/lines"
+    await client.post(f"/v1/subaccounts/{sub['id']}/suspend", headers=AUTH)
+    assert (await client.post(control)).status_code == 201
+    assert len(await _lines(client, sub["id"])) == 2
+    await client.delete(f"/v1/subaccounts/{sub['id']}", headers=AUTH)
+    assert (await client.post(control)).status_code == 409
+    assert len((await _inspect(client, "ims_injected_suspended"))["lines"]) == 2
+    assert (await client.post("/sandbox/subaccounts/sa_unknown/lines")).status_code == 404
+
+
+async def test_sandbox_controls_ignore_failure_rate_and_latency(client: httpx.AsyncClient) -> None:
+    sub = (await _create(client, "ims_controls_open")).json()
+    await _configure(client, failure_rate=1, latency_ms=2_000)
+    started = time.monotonic()
+    injected = await client.post(f"/sandbox/subaccounts/{sub['id']}/lines")
+    assert injected.status_code == 201
+    released = await client.post(f"/sandbox/line-requests/{injected.json()['request_id']}/release")
+    assert released.status_code == 200
+    forced = await client.post(
+        f"/sandbox/subaccounts/{sub['id']}/status", json={"status": "suspended"}
+    )
+    assert forced.status_code == 200
+    assert time.monotonic() - started < 1.5
+
+
 def test_generated_webhook_secrets_follow_the_standard_format(receiver: Receiver) -> None:
     app = create_sandbox_app(PARTNER_KEY, auto_assign_after_s=None)
     with serve_asgi(app) as base_url:
