@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NODE_DIR := tests/js
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
 .PHONY: install run test lint typecheck check bench schema clean
 
@@ -12,12 +14,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The browser and JS-client tests run from tests/js; npm ci installs its lockfile exactly.
+$(NODE_STAMP): $(NODE_DIR)/package-lock.json
+	npm ci --prefix $(NODE_DIR) --no-audit --no-fund
+	touch $(NODE_STAMP)
+
 install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/blueline serve
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/ruff check src tests $(wildcard bench)
 	$(BIN)/mypy
 	$(BIN)/pytest
@@ -36,4 +43,5 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache blueline.db .blueline-keyring
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache blueline.db .blueline-keyring \
+		$(NODE_DIR)/node_modules
