@@ -5,8 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_DIR := tests/js
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+# The benchmarks' peer servers (PostGraphile v4 and v5, and the Node 22 they run on).
+PEERS := bench/peers
+PEERS_STAMP := $(PEERS)/node_modules/.installed
 
-.PHONY: install run test lint typecheck check bench schema clean
+.PHONY: install peers run test lint typecheck check bench schema clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +22,19 @@ $(NODE_STAMP): $(NODE_DIR)/package-lock.json
 	npm ci --prefix $(NODE_DIR) --no-audit --no-fund
 	touch $(NODE_STAMP)
 
+$(PEERS_STAMP): $(PEERS)/package.json $(PEERS)/package-lock.json
+	npm ci --prefix $(PEERS) --no-audit --no-fund
+	touch $(PEERS_STAMP)
+
 install: $(STAMP)
+
+peers: $(PEERS_STAMP)
 
 run: $(STAMP)
 	$(BIN)/blueline serve
 
-test: $(STAMP) $(NODE_STAMP)
+# The bench smoke test runs the peers too, and fails without them.
+test: $(STAMP) $(NODE_STAMP) $(PEERS_STAMP)
 	$(BIN)/ruff check src tests $(wildcard bench)
 	$(BIN)/mypy
 	$(BIN)/pytest
@@ -39,9 +49,9 @@ typecheck: $(STAMP)
 schema: $(STAMP)
 	$(BIN)/blueline schema --output schema.graphql
 
-bench: $(STAMP)
+bench: $(STAMP) $(PEERS_STAMP)
 	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache blueline.db .blueline-keyring \
-		$(NODE_DIR)/node_modules
+		$(NODE_DIR)/node_modules $(PEERS)/node_modules
