@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bench.peers import require_packages
 from bench.scenarios import SCENARIOS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -39,6 +40,13 @@ def run_smoke(scenario: str, results_dir: Path) -> subprocess.CompletedProcess[s
         timeout=RUN_TIMEOUT_S,
         check=False,
     )
+
+
+def test_peer_servers_are_installed() -> None:
+    """``peers`` runs PostGraphile from ``bench/peers/node_modules``. Without it that
+    scenario cannot measure anything, so this fails (never skips), naming the install
+    command; ``make test`` installs them first."""
+    require_packages()
 
 
 @pytest.mark.timeout(RUN_TIMEOUT_S + 30)
