@@ -18,6 +18,8 @@ WORKSPACE = "ws"
 API_KEY = "key"
 EVENT = "evt"
 DELIVERY = "whd"
+AUDIT_EVENT = "aud"
+OPERATION = "op"
 
 
 def _encode(value: int, length: int) -> str:
@@ -42,6 +44,22 @@ def new_id(prefix: str) -> str:
             body = _last_body + 1
         _last_body = body
     return f"{prefix}_{_encode(body, 26)}"
+
+
+def encode_sortable(value: int, length: int) -> str:
+    """``value`` in Crockford base32, fixed width, so strings sort like the numbers."""
+    if value < 0 or value >= 32**length:
+        raise ValueError("value out of range")
+    return _encode(value, length)
+
+
+def decode_sortable(text: str) -> int | None:
+    if not text or any(c not in _ALPHABET for c in text):
+        return None
+    value = 0
+    for c in text:
+        value = value * 32 + _ALPHABET.index(c)
+    return value
 
 
 def prefix_of(value: str) -> str | None:

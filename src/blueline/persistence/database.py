@@ -1,16 +1,29 @@
-"""Engine and session scopes. One :class:`Database` per process, owned by whoever runs.
+"""Engine, pools and connection scopes. One :class:`Database` per process, owned by
+whoever runs.
 
-``transaction()`` commits on success and rolls back on error; ``session()`` is for
-reads. Both are short: nothing holds a connection between operations.
+Two ways in, both short-lived (nothing holds a connection between operations):
+
+- SQLAlchemy sessions and connections (``session()``, ``transaction()``, ``connect()``)
+  for the ORM-shaped code: provisioning, recovery, the CLI;
+- :class:`SqlConnection` (``read()``, ``write()``) for hot paths that run prebuilt SQL
+  text: on PostgreSQL a raw asyncpg pool (SQLAlchemy's asyncio layer cost several times
+  the round trip per statement), on SQLite the same SQLAlchemy connections.
+
+Every wait is bounded: connecting, waiting for a pooled connection, and each statement
+(``statement_timeout`` on the server, a command timeout on the client). A database
+that cannot answer in time surfaces as :class:`~blueline.errors.StorageUnavailable`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from sqlalchemy import event, text
+import asyncpg
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -20,24 +33,49 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from blueline.errors import StorageUnavailable
+from blueline.persistence.dialect import POSTGRESQL, SQLITE, Dialect
+from blueline.persistence.failures import unavailable
+
 # Execution option marking a connection that only reads (SQLite then begins deferred).
 READ_ONLY = "blueline_read_only"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on every wait on the database (seconds) and on connections held."""
+
+    connect_timeout_s: float = 2.0
+    pool_timeout_s: float = 2.0
+    statement_timeout_s: float = 5.0
+    pool_size: int = 10
+    raw_pool_size: int = 10
 
 
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+def create_engine(url: str, limits: Limits | None = None, **kwargs: Any) -> AsyncEngine:
+    limits = limits or Limits()
     if not is_sqlite(url):
-        kwargs.setdefault("pool_size", 10)
-        kwargs.setdefault("max_overflow", 20)
+        kwargs.setdefault("pool_size", limits.pool_size)
+        kwargs.setdefault("max_overflow", limits.pool_size)
+        kwargs.setdefault("pool_timeout", limits.pool_timeout_s)
         # No pre-ping: it costs a round trip on every checkout, on every request. A
         # connection broken by a database restart fails one request (webhooks are
         # retried by the provider) and is then replaced; recycling bounds their age.
         kwargs.setdefault("pool_recycle", 1800)
+        connect_args = kwargs.setdefault("connect_args", {})
+        connect_args.setdefault("timeout", limits.connect_timeout_s)
+        connect_args.setdefault("command_timeout", limits.statement_timeout_s + 1)
+        connect_args.setdefault(
+            "server_settings",
+            {"statement_timeout": str(int(limits.statement_timeout_s * 1000))},
+        )
         return create_async_engine(url, **kwargs)
     engine = create_async_engine(url, **kwargs)
+    busy_ms = int(limits.statement_timeout_s * 1000)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -45,9 +83,12 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # Freed pages are zeroed, so a closed setup's destroyed ciphertexts do not
+        # linger in the file.
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -63,55 +104,167 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return engine
 
 
+class SqlConnection(Protocol):
+    """Prebuilt SQL text (placeholders from :mod:`~blueline.persistence.dialect`)."""
+
+    async def fetchval(self, sql: str, args: Sequence[Any] = ()) -> Any: ...
+
+    async def fetchrow(self, sql: str, args: Sequence[Any] = ()) -> Sequence[Any] | None: ...
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]: ...
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> None: ...
+
+
+class AsyncpgConnection:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def fetchval(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        return await self._conn.fetchval(sql, *args)
+
+    async def fetchrow(self, sql: str, args: Sequence[Any] = ()) -> Sequence[Any] | None:
+        row = await self._conn.fetchrow(sql, *args)
+        return None if row is None else tuple(row)
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        return [tuple(row) for row in await self._conn.fetch(sql, *args)]
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        await self._conn.execute(sql, *args)
+
+
+class AlchemyConnection:
+    """The same interface over a SQLAlchemy connection (SQLite, and PostgreSQL inside an
+    ORM transaction), so code that mixes both writes in one transaction."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def fetchval(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        return (await self._conn.exec_driver_sql(sql, tuple(args))).scalar()
+
+    async def fetchrow(self, sql: str, args: Sequence[Any] = ()) -> Sequence[Any] | None:
+        row = (await self._conn.exec_driver_sql(sql, tuple(args))).first()
+        return None if row is None else tuple(row)
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        return [tuple(row) for row in (await self._conn.exec_driver_sql(sql, tuple(args))).all()]
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        await self._conn.exec_driver_sql(sql, tuple(args))
+
+
 class Database:
-    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+    def __init__(self, url: str, limits: Limits | None = None, **engine_kwargs: Any) -> None:
         self.url = url
-        self.engine = create_engine(url, **engine_kwargs)
+        self.limits = limits or Limits()
+        self.engine = create_engine(url, self.limits, **engine_kwargs)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.dialect: Dialect = SQLITE if is_sqlite(url) else POSTGRESQL
+        self._raw_pool: asyncpg.Pool | None = None
+        self._raw_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        # The URL may carry a password: never shown.
+        return f"Database(dialect={self.dialect.name!r})"
 
     @property
     def is_sqlite(self) -> bool:
-        return is_sqlite(self.url)
+        return not self.dialect.is_postgresql
 
     @property
     def is_postgresql(self) -> bool:
-        return self.engine.dialect.name == "postgresql"
+        return self.dialect.is_postgresql
+
+    # -- SQLAlchemy scopes
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         """For reads only: writes go through :meth:`transaction`."""
-        async with self.sessionmaker() as session:
+        async with _mapped_failures(), self.sessionmaker() as session:
             await session.connection(execution_options={READ_ONLY: True})
             yield session
 
     @asynccontextmanager
-    async def snapshot(self) -> AsyncIterator[AsyncSession]:
-        """A read session whose statements all see one snapshot (REPEATABLE READ on
-        PostgreSQL; SQLite transactions already do)."""
-        async with self.sessionmaker() as session:
-            options: dict[str, Any] = {READ_ONLY: True}
-            if self.is_postgresql:
-                options["isolation_level"] = "REPEATABLE READ"
-            await session.connection(execution_options=options)
-            yield session
-
-    @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        async with self.sessionmaker() as session, session.begin():
+        async with _mapped_failures(), self.sessionmaker() as session, session.begin():
             yield session
 
     @asynccontextmanager
     async def connect(self, *, read_only: bool = True) -> AsyncIterator[AsyncConnection]:
-        """A Core connection, for hot paths that need no ORM. Call
-        ``conn.execution_options(blueline_read_only=False)`` before writing on one
-        opened read-only."""
-        async with self.engine.connect() as conn:
+        """A Core connection. Call ``conn.execution_options(blueline_read_only=False)``
+        before writing on one opened read-only."""
+        async with _mapped_failures(), self.engine.connect() as conn:
             await conn.execution_options(**{READ_ONLY: read_only})
             yield conn
 
+    # -- prebuilt SQL
+
+    async def _pool(self) -> asyncpg.Pool:
+        if self._raw_pool is None:
+            async with self._raw_lock:
+                if self._raw_pool is None:
+                    dsn = make_url(self.url).set(drivername="postgresql")
+                    limits = self.limits
+                    self._raw_pool = await asyncpg.create_pool(
+                        dsn.render_as_string(hide_password=False),
+                        min_size=1,
+                        max_size=limits.raw_pool_size,
+                        timeout=limits.connect_timeout_s,
+                        command_timeout=limits.statement_timeout_s + 1,
+                        server_settings={
+                            "statement_timeout": str(int(limits.statement_timeout_s * 1000))
+                        },
+                    )
+        return self._raw_pool
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[SqlConnection]:
+        """Statements outside a transaction (each one sees its own snapshot)."""
+        async with _mapped_failures():
+            if self.is_postgresql:
+                pool = await self._pool()
+                async with pool.acquire(timeout=self.limits.pool_timeout_s) as conn:
+                    yield AsyncpgConnection(conn)
+            else:
+                async with self.engine.connect() as conn:
+                    await conn.execution_options(**{READ_ONLY: True})
+                    yield AlchemyConnection(conn)
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[SqlConnection]:
+        """One transaction: committed when the block ends, rolled back on error."""
+        async with _mapped_failures():
+            if self.is_postgresql:
+                pool = await self._pool()
+                async with (
+                    pool.acquire(timeout=self.limits.pool_timeout_s) as conn,
+                    conn.transaction(),
+                ):
+                    yield AsyncpgConnection(conn)
+            else:
+                async with self.engine.begin() as conn:
+                    yield AlchemyConnection(conn)
+
     async def ping(self) -> None:
-        async with self.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        async with self.read() as conn:
+            await conn.fetchval("SELECT 1")
 
     async def dispose(self) -> None:
+        if self._raw_pool is not None:
+            pool, self._raw_pool = self._raw_pool, None
+            await pool.close()
         await self.engine.dispose()
+
+
+@asynccontextmanager
+async def _mapped_failures() -> AsyncIterator[None]:
+    try:
+        yield
+    except StorageUnavailable:
+        raise
+    except Exception as exc:
+        if unavailable(exc):
+            raise StorageUnavailable("the database is unavailable; try again shortly") from exc
+        raise

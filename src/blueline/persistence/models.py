@@ -7,33 +7,26 @@ from every repr so a stray log line cannot leak them.
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 
-from sqlalchemy import BigInteger, Column, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, Boolean, Column, Index, String, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
+from blueline.domain import LineStatus, SetupState, SetupStatus
 from blueline.persistence.types import UTCDateTime, utcnow
 
-
-class SetupState(StrEnum):
-    """Lifecycle of the local row; only READY setups are visible to clients."""
-
-    PROVISIONING = "provisioning"
-    READY = "ready"
-    # Creation failed; the provider may still hold a subaccount for it, which recovery
-    # closes before moving the row to DISCARDED.
-    FAILED = "failed"
-    DISCARDED = "discarded"
-
-
-class SetupStatus(StrEnum):
-    PENDING = "PENDING"
-    ACTIVE = "ACTIVE"
-
-
-class LineStatus(StrEnum):
-    PENDING = "PENDING"
-    ASSIGNED = "ASSIGNED"
+__all__ = [
+    "ApiKey",
+    "AuditEvent",
+    "Event",
+    "IMessageSetup",
+    "LineStatus",
+    "Operation",
+    "PhoneLine",
+    "SetupState",
+    "SetupStatus",
+    "WebhookDelivery",
+    "Workspace",
+]
 
 
 def _ts(*, nullable: bool = False) -> Column[datetime]:
@@ -46,6 +39,19 @@ class Workspace(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=40)
     name: str = Field(sa_column=Column(String(128), nullable=False, unique=True))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    # Per-workspace counters, advanced in the transaction of each change: locking this
+    # row orders the workspace's events and audit records by commit, so `after` replay
+    # and the audit chain need no global sequence (which told workspaces apart).
+    event_seq: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default=text("0"))
+    )
+    audit_seq: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default=text("0"))
+    )
+    # Hash of the newest audit record (empty before the first).
+    audit_head: str = Field(
+        default="", sa_column=Column(String(64), nullable=False, server_default=text("''"))
+    )
 
 
 class ApiKey(SQLModel, table=True):
@@ -59,6 +65,9 @@ class ApiKey(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     last_used_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     revoked_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+    # Every process polls for revocations newer than the last it saw.
+    __table_args__ = (Index("ix_api_key_revoked", "revoked_at"),)
 
 
 class IMessageSetup(SQLModel, table=True):
@@ -76,7 +85,7 @@ class IMessageSetup(SQLModel, table=True):
     label: str = Field(sa_column=Column(String(128), nullable=False))
     state: SetupState = Field(sa_column=Column(String(16), nullable=False))
     # Kept in the row (not derived per query) so the list can filter on it with an index;
-    # it only ever moves PENDING -> ACTIVE, in the transaction that assigns a line.
+    # every change that could move it recomputes it with `domain.derive_status`.
     status: SetupStatus = Field(sa_column=Column(String(16), nullable=False))
     subaccount_id: str | None = Field(
         default=None, sa_column=Column(String(64), nullable=True, unique=True)
@@ -88,6 +97,10 @@ class IMessageSetup(SQLModel, table=True):
     failure_reason: str | None = Field(default=None, sa_column=Column(String(255)))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    suspended_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    closed_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    # When reconciliation last compared this setup with the provider (oldest go first).
+    reconciled_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
 
 
 class PhoneLine(SQLModel, table=True):
@@ -107,36 +120,106 @@ class PhoneLine(SQLModel, table=True):
     )
     requested_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     assigned_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    released_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
 
 
 class Event(SQLModel, table=True):
     """Outbox and event log in one table.
 
-    Rows are written in the transaction of the change they describe. ``seq`` is given
-    by the relay after commit, under a lock, so seq order is the order events became
-    visible: replay ``after`` a seq can never miss an event committed late.
+    Rows are written in the transaction of the change they describe, numbered by the
+    workspace's counter under its row lock, so within a workspace seq order is commit
+    order: replay ``after`` a seq can never miss an event committed late. The payload is
+    the read-model snapshot of the setup (and line) as the change left them.
+    ``published_at`` is set once the event went out on the bus; the relay publishes
+    whatever a crash or an outage left unset.
     """
 
     __tablename__ = "event"
     __table_args__ = (
-        Index("ix_event_workspace_seq", "workspace_id", "seq"),
+        UniqueConstraint("workspace_id", "seq", name="uq_event_workspace_seq"),
+        Index("ix_event_setup", "workspace_id", "setup_id", "seq"),
         Index(
             "ix_event_unpublished",
-            "id",
+            "created_at",
             postgresql_where=text("published_at IS NULL"),
             sqlite_where=text("published_at IS NULL"),
         ),
     )
 
     id: str = Field(primary_key=True, max_length=40)
-    seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True, unique=True))
     workspace_id: str = Field(max_length=40)
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
     setup_id: str = Field(max_length=40)
-    line_id: str = Field(max_length=40)
+    line_id: str | None = Field(default=None, max_length=40)
     type: str = Field(max_length=40)
     payload: str = Field(sa_column=Column(Text, nullable=False))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     published_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class AuditEvent(SQLModel, table=True):
+    """Append-only record of one change: who, what, when, from which request.
+
+    Each record carries the hash of the one before it in its workspace and its own hash
+    over both (HMAC under a key derived from the keyring, named by ``key_id``), so an
+    altered, removed or reordered record breaks the chain where it happened.
+    """
+
+    __tablename__ = "audit_event"
+    __table_args__ = (
+        UniqueConstraint("workspace_id", "seq", name="uq_audit_workspace_seq"),
+        Index("ix_audit_setup", "workspace_id", "setup_id", "seq"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    workspace_id: str = Field(max_length=40)
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    occurred_at: datetime = Field(sa_column=_ts())
+    action: str = Field(max_length=40)
+    actor: str = Field(max_length=80)
+    setup_id: str = Field(max_length=40)
+    phone_line_id: str | None = Field(default=None, max_length=40)
+    request_id: str | None = Field(default=None, max_length=64)
+    changes: str = Field(sa_column=Column(Text, nullable=False))
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+    key_id: str = Field(max_length=40)
+
+
+class Operation(SQLModel, table=True):
+    """Write-ahead record of a change that needs the provider.
+
+    Written before the provider is called and finished (``done``) in the transaction that
+    applies the change locally; one still ``pending`` after a crash is finished by
+    recovery, which repeats the (idempotent) provider call. At most one exclusive
+    operation (update, suspend, reactivate, close) is pending per setup.
+    """
+
+    __tablename__ = "operation"
+    __table_args__ = (
+        Index("ix_operation_pending", "state", "created_at"),
+        Index(
+            "uq_operation_exclusive",
+            "setup_id",
+            unique=True,
+            postgresql_where=text("state = 'pending' AND exclusive"),
+            sqlite_where=text("state = 'pending' AND exclusive"),
+        ),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    workspace_id: str = Field(max_length=40)
+    setup_id: str = Field(max_length=40)
+    line_id: str | None = Field(default=None, max_length=40)
+    kind: str = Field(max_length=32)
+    exclusive: bool = Field(sa_column=Column(Boolean, nullable=False))
+    params: str = Field(sa_column=Column(Text, nullable=False))
+    actor: str = Field(max_length=80)
+    request_id: str | None = Field(default=None, max_length=64)
+    state: str = Field(max_length=16)
+    outcome: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
 
 class WebhookDelivery(SQLModel, table=True):

@@ -7,8 +7,7 @@ from sqlmodel import col
 
 from blueline.persistence.database import Database
 from blueline.persistence.models import IMessageSetup
-from blueline.provisioning.service import credentials_aad, webhook_secret_aad
-from blueline.security.vault import Vault
+from blueline.security.vault import Vault, credentials_aad, webhook_secret_aad
 
 _BATCH = 200
 

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from blueline.errors import ConfigurationError, DecryptionFailed
 
@@ -25,6 +27,15 @@ logger = logging.getLogger(__name__)
 
 _NONCE_BYTES = 12
 _KEY_BYTES = 32
+
+
+# Associated data binding each sealed secret to its row and column.
+def credentials_aad(setup_id: str) -> str:
+    return f"imessage_setup:{setup_id}:credentials"
+
+
+def webhook_secret_aad(setup_id: str) -> str:
+    return f"imessage_setup:{setup_id}:webhook_secret"
 
 
 @dataclass(frozen=True)
@@ -115,6 +126,17 @@ class Vault:
         except (binascii.Error, ValueError, InvalidTag):
             raise DecryptionFailed("ciphertext does not decrypt for this record") from None
         return plain.decode()
+
+    def derived_key(self, purpose: str, kid: str | None = None) -> tuple[str, bytes] | None:
+        """A key for ``purpose`` (e.g. sealing the audit chain), derived with HKDF from
+        the primary key or from ``kid``; None when ``kid`` is not in the keyring. Keys
+        for different purposes are independent, and none is the encryption key itself."""
+        kid = kid or self.primary_kid
+        key = self._keyring.keys.get(kid)
+        if key is None:
+            return None
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode())
+        return kid, hkdf.derive(key)
 
     def is_current(self, token: str) -> bool:
         return token.partition(":")[0] == self.primary_kid

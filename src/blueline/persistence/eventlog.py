@@ -1,0 +1,168 @@
+"""The event log: committed events as subscribers receive them, and the reads that
+replay them.
+
+Events are numbered per workspace under the workspace row's lock (see ``journal``),
+so within a workspace seq order is commit order and ``seq > n`` is exactly "after n".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from blueline import ids
+from blueline.persistence.database import Database, SqlConnection
+from blueline.persistence.dialect import Dialect
+
+# Event ids clients see: fixed-width base32 of the workspace's seq, so they sort as
+# strings. The width differs from the global ids used before per-workspace numbering,
+# so an id from then is refused rather than misread.
+_EVENT_ID_PREFIX = "evt_"
+_EVENT_ID_WIDTH = 13
+
+
+def format_event_id(seq: int) -> str:
+    return _EVENT_ID_PREFIX + ids.encode_sortable(seq, _EVENT_ID_WIDTH)
+
+
+def parse_event_id(value: str) -> int | None:
+    body = value.removeprefix(_EVENT_ID_PREFIX)
+    if body == value or len(body) != _EVENT_ID_WIDTH:
+        return None
+    return ids.decode_sortable(body)
+
+
+@dataclass(frozen=True)
+class LiveEvent:
+    """A committed event: the change, and the snapshot (JSON text) it left."""
+
+    workspace_id: str
+    seq: int
+    row_id: str
+    setup_id: str
+    line_id: str | None
+    change: str
+    payload: str
+    # Per-process memo of decoded and rendered forms, shared by every subscriber.
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def event_id(self) -> str:
+        return format_event_id(self.seq)
+
+    def snapshot(self) -> dict[str, Any]:
+        found = self.memo.get("snapshot")
+        if found is None:
+            found = self.memo["snapshot"] = json.loads(self.payload)
+        return dict(found)
+
+    def to_message(self) -> str:
+        """The bus message: the snapshot travels as the text it was stored as."""
+        head = json.dumps(
+            [self.workspace_id, self.seq, self.row_id, self.setup_id, self.line_id, self.change],
+            separators=(",", ":"),
+        )
+        return head + "\n" + self.payload
+
+    @classmethod
+    def from_message(cls, raw: str | bytes) -> LiveEvent:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        head, sep, payload = text.partition("\n")
+        if not sep:
+            raise ValueError("not an event message")
+        workspace_id, seq, row_id, setup_id, line_id, change = json.loads(head)
+        return cls(
+            workspace_id=str(workspace_id),
+            seq=int(seq),
+            row_id=str(row_id),
+            setup_id=str(setup_id),
+            line_id=None if line_id is None else str(line_id),
+            change=str(change),
+            payload=payload,
+        )
+
+
+_COLUMNS = "workspace_id, seq, id, setup_id, line_id, type, payload"
+
+
+def _from_row(row: Any) -> LiveEvent:
+    return LiveEvent(
+        workspace_id=row[0],
+        seq=int(row[1]),
+        row_id=row[2],
+        setup_id=row[3],
+        line_id=row[4],
+        change=row[5],
+        payload=row[6],
+    )
+
+
+class EventLog:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        p = db.dialect.placeholder
+        self._current = f"SELECT event_seq FROM workspace WHERE id = {p(1, 'text')}"
+        self._exists = (
+            f"SELECT 1 FROM event WHERE workspace_id = {p(1, 'text')} AND seq = {p(2, 'bigint')}"
+        )
+        self._after = (
+            f"SELECT {_COLUMNS} FROM event WHERE workspace_id = {p(1, 'text')} "
+            f"AND seq > {p(2, 'bigint')} ORDER BY seq LIMIT {p(3, 'bigint')}"
+        )
+        self._after_for_setup = (
+            f"SELECT {_COLUMNS} FROM event WHERE workspace_id = {p(1, 'text')} "
+            f"AND setup_id = {p(4, 'text')} AND seq > {p(2, 'bigint')} "
+            f"ORDER BY seq LIMIT {p(3, 'bigint')}"
+        )
+        self._unpublished = (
+            f"SELECT {_COLUMNS} FROM event WHERE published_at IS NULL "
+            f"AND created_at < {p(1, 'timestamptz')} ORDER BY workspace_id, seq "
+            f"LIMIT {p(2, 'bigint')}"
+        )
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._db.dialect
+
+    async def current_seq(self, workspace_id: str) -> int:
+        """The workspace's newest committed seq: a subscription starting now delivers
+        what comes after it."""
+        async with self._db.read() as conn:
+            value = await conn.fetchval(self._current, (workspace_id,))
+        return int(value or 0)
+
+    async def seq_known(self, workspace_id: str, seq: int) -> bool:
+        async with self._db.read() as conn:
+            return await conn.fetchval(self._exists, (workspace_id, seq)) is not None
+
+    async def after(
+        self, workspace_id: str, seq: int, setup_id: str | None, limit: int
+    ) -> list[LiveEvent]:
+        async with self._db.read() as conn:
+            if setup_id is None:
+                rows = await conn.fetch(self._after, (workspace_id, seq, limit))
+            else:
+                rows = await conn.fetch(self._after_for_setup, (workspace_id, seq, limit, setup_id))
+        return [_from_row(row) for row in rows]
+
+    async def unpublished(self, older_than: datetime, limit: int) -> list[LiveEvent]:
+        async with self._db.read() as conn:
+            rows = await conn.fetch(self._unpublished, (self.dialect.timestamp(older_than), limit))
+        return [_from_row(row) for row in rows]
+
+    async def mark_published(self, row_ids: list[str], now: datetime) -> None:
+        if not row_ids:
+            return
+        d = self.dialect
+        sql = (
+            f"UPDATE event SET published_at = {d.placeholder(1, 'timestamptz')} "
+            f"WHERE {d.member_of('id', 2)}"
+        )
+        async with self._db.write() as conn:
+            await conn.execute(sql, (d.timestamp(now), d.members(row_ids)))
+
+
+async def fetch_live(conn: SqlConnection, sql: str, args: tuple[Any, ...]) -> list[LiveEvent]:
+    return [_from_row(row) for row in await conn.fetch(sql, args)]

@@ -1,0 +1,425 @@
+"""Writes to setups, lines and operations, as prebuilt statements on a
+:class:`~blueline.persistence.database.SqlConnection` in the caller's transaction.
+
+Every change that could move a setup's status recomputes it with
+:data:`DERIVED_STATUS`, the SQL form of ``domain.derive_status`` (a test holds the two
+to the same answer for every combination).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from blueline.domain import LineStatus, SetupState, SetupStatus
+from blueline.persistence.database import SqlConnection
+from blueline.persistence.dialect import Dialect, sql_literal
+
+
+def derived_status_sql(alias: str) -> str:
+    return (
+        f"CASE WHEN {alias}.closed_at IS NOT NULL THEN {sql_literal(SetupStatus.CLOSED)} "
+        f"WHEN {alias}.suspended_at IS NOT NULL THEN {sql_literal(SetupStatus.SUSPENDED)} "
+        f"WHEN EXISTS (SELECT 1 FROM phone_line dl WHERE dl.setup_id = {alias}.id "
+        f"AND dl.status = {sql_literal(LineStatus.ASSIGNED)}) "
+        f"THEN {sql_literal(SetupStatus.ACTIVE)} "
+        f"ELSE {sql_literal(SetupStatus.PENDING)} END"
+    )
+
+
+@dataclass(frozen=True)
+class SetupFacts:
+    """What services decide on (never the sealed secrets)."""
+
+    id: str
+    workspace_id: str
+    business_name: str
+    label: str
+    state: str
+    status: str
+    subaccount_id: str | None
+    suspended: bool
+    closed: bool
+
+
+@dataclass(frozen=True)
+class LineFacts:
+    id: str
+    setup_id: str
+    workspace_id: str
+    status: str
+    phone_number: str | None
+    request_id: str | None
+
+
+@dataclass(frozen=True)
+class OperationRow:
+    id: str
+    workspace_id: str
+    setup_id: str
+    line_id: str | None
+    kind: str
+    params: dict[str, Any]
+    actor: str
+    request_id: str | None
+
+
+_SETUP_COLUMNS = (
+    "id, workspace_id, business_name, label, state, status, subaccount_id, "
+    "suspended_at IS NOT NULL, closed_at IS NOT NULL"
+)
+_LINE_COLUMNS = "id, setup_id, workspace_id, status, phone_number, request_id"
+_OPERATION_COLUMNS = "id, workspace_id, setup_id, line_id, kind, params, actor, request_id"
+
+
+def _setup(row: Any) -> SetupFacts:
+    return SetupFacts(
+        id=row[0],
+        workspace_id=row[1],
+        business_name=row[2],
+        label=row[3],
+        state=row[4],
+        status=row[5],
+        subaccount_id=row[6],
+        suspended=bool(row[7]),
+        closed=bool(row[8]),
+    )
+
+
+def _line(row: Any) -> LineFacts:
+    return LineFacts(*row)
+
+
+def _operation(row: Any) -> OperationRow:
+    return OperationRow(
+        id=row[0],
+        workspace_id=row[1],
+        setup_id=row[2],
+        line_id=row[3],
+        kind=row[4],
+        params=json.loads(row[5]),
+        actor=row[6],
+        request_id=row[7],
+    )
+
+
+class SetupStore:
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = d = dialect
+        p = d.placeholder
+        lock = " FOR UPDATE" if d.is_postgresql else ""
+        ready = sql_literal(SetupState.READY)
+        self._lock = f"SELECT {_SETUP_COLUMNS} FROM imessage_setup WHERE id = {p(1, 'text')}{lock}"
+        self._get = f"SELECT {_SETUP_COLUMNS} FROM imessage_setup WHERE id = {p(1, 'text')}"
+        self._visible = (
+            f"SELECT {_SETUP_COLUMNS} FROM imessage_setup WHERE id = {p(1, 'text')} "
+            f"AND workspace_id = {p(2, 'text')} AND state = {ready}"
+        )
+        self._status = (
+            f"UPDATE imessage_setup SET status = {derived_status_sql('imessage_setup')}, "
+            f"updated_at = {p(2, 'timestamptz')} WHERE id = {p(1, 'text')} RETURNING status"
+        )
+        self._line = f"SELECT {_LINE_COLUMNS} FROM phone_line WHERE id = {p(1, 'text')}{lock}"
+        self._visible_line = (
+            f"SELECT l.id, l.setup_id, l.workspace_id, l.status, l.phone_number, l.request_id "
+            f"FROM phone_line l JOIN imessage_setup s ON s.id = l.setup_id "
+            f"WHERE l.id = {p(1, 'text')} AND l.workspace_id = {p(2, 'text')} AND s.state = {ready}"
+        )
+        self._line_by_request = (
+            f"SELECT {_LINE_COLUMNS} FROM phone_line WHERE setup_id = {p(1, 'text')} "
+            f"AND request_id = {p(2, 'text')}"
+        )
+        self._lines_of = (
+            f"SELECT {_LINE_COLUMNS} FROM phone_line WHERE setup_id = {p(1, 'text')} ORDER BY id"
+        )
+        self._count_open = (
+            f"SELECT count(*) FROM phone_line WHERE setup_id = {p(1, 'text')} "
+            f"AND status <> {sql_literal(LineStatus.RELEASED)}"
+        )
+        self._insert_line = (
+            "INSERT INTO phone_line (id, setup_id, workspace_id, status, phone_number, "
+            f"request_id, requested_at, assigned_at) VALUES ({p(1, 'text')}, {p(2, 'text')}, "
+            f"{p(3, 'text')}, {p(4, 'text')}, {p(5, 'text')}, {p(6, 'text')}, "
+            f"{p(7, 'timestamptz')}, {p(8, 'timestamptz')})"
+        )
+        self._assign = (
+            f"UPDATE phone_line SET status = {sql_literal(LineStatus.ASSIGNED)}, "
+            f"phone_number = {p(3, 'text')}, assigned_at = {p(4, 'timestamptz')} "
+            f"WHERE setup_id = {p(1, 'text')} AND request_id = {p(2, 'text')} "
+            f"AND status = {sql_literal(LineStatus.PENDING)} RETURNING id"
+        )
+        self._release = (
+            f"UPDATE phone_line SET status = {sql_literal(LineStatus.RELEASED)}, "
+            f"released_at = {p(2, 'timestamptz')} WHERE id = {p(1, 'text')} "
+            f"AND status <> {sql_literal(LineStatus.RELEASED)} RETURNING id"
+        )
+        self._release_all = (
+            f"UPDATE phone_line SET status = {sql_literal(LineStatus.RELEASED)}, "
+            f"released_at = {p(2, 'timestamptz')} WHERE setup_id = {p(1, 'text')} "
+            f"AND status <> {sql_literal(LineStatus.RELEASED)} RETURNING id"
+        )
+        self._suspend = (
+            f"UPDATE imessage_setup SET suspended_at = {p(2, 'timestamptz')} "
+            f"WHERE id = {p(1, 'text')}"
+        )
+        self._reactivate = "UPDATE imessage_setup SET suspended_at = NULL WHERE id = " + p(
+            1, "text"
+        )
+        # Closing destroys the sealed secrets: the credentials and the webhook secret
+        # are gone for good (webhooks for the setup then meet the unknown-setup answer).
+        self._close = (
+            f"UPDATE imessage_setup SET closed_at = {p(2, 'timestamptz')}, "
+            "credentials_enc = NULL, webhook_secret_enc = NULL, suspended_at = NULL "
+            f"WHERE id = {p(1, 'text')}"
+        )
+        self._rename = (
+            f"UPDATE imessage_setup SET business_name = COALESCE({p(2, 'text')}, business_name), "
+            f"label = COALESCE({p(3, 'text')}, label) WHERE id = {p(1, 'text')}"
+        )
+        self._complete = (
+            f"UPDATE imessage_setup SET state = {ready}, subaccount_id = {p(2, 'text')}, "
+            f"credentials_enc = {p(3, 'text')}, webhook_secret_enc = {p(4, 'text')}, "
+            f"updated_at = {p(5, 'timestamptz')} WHERE id = {p(1, 'text')} "
+            f"AND state = {sql_literal(SetupState.PROVISIONING)}"
+        )
+        self._reconciled = (
+            f"UPDATE imessage_setup SET reconciled_at = {p(2, 'timestamptz')} "
+            f"WHERE id = {p(1, 'text')}"
+        )
+        self._insert_operation = (
+            "INSERT INTO operation (id, workspace_id, setup_id, line_id, kind, exclusive, params, "
+            "actor, request_id, state, created_at, updated_at) VALUES ("
+            f"{p(1, 'text')}, {p(2, 'text')}, {p(3, 'text')}, {p(4, 'text')}, {p(5, 'text')}, "
+            f"{p(6, 'boolean')}, {p(7, 'text')}, {p(8, 'text')}, {p(9, 'text')}, 'pending', "
+            f"{p(10, 'timestamptz')}, {p(10, 'timestamptz')})"
+        )
+        self._finish_operation = (
+            f"UPDATE operation SET state = {p(2, 'text')}, outcome = {p(3, 'text')}, "
+            f"updated_at = {p(4, 'timestamptz')} WHERE id = {p(1, 'text')} AND state = 'pending' "
+            "RETURNING id"
+        )
+        self._operation_by_id = (
+            f"SELECT {_OPERATION_COLUMNS} FROM operation WHERE id = {p(1, 'text')}"
+        )
+        self._exclusive_pending = (
+            f"SELECT id FROM operation WHERE setup_id = {p(1, 'text')} AND state = 'pending' "
+            "AND exclusive"
+        )
+        self._any_pending = (
+            f"SELECT 1 FROM operation WHERE setup_id = {p(1, 'text')} AND state = 'pending'"
+        )
+        self._pending_operations = (
+            f"SELECT {_OPERATION_COLUMNS} FROM operation WHERE state = 'pending' "
+            f"AND created_at <= {p(1, 'timestamptz')} ORDER BY created_at LIMIT {p(2, 'bigint')}"
+        )
+        self._due_for_reconcile = (
+            f"SELECT {_SETUP_COLUMNS} FROM imessage_setup WHERE state = {ready} "
+            f"AND closed_at IS NULL AND created_at <= {p(1, 'timestamptz')} "
+            "ORDER BY CASE WHEN reconciled_at IS NULL THEN 0 ELSE 1 END, reconciled_at, id "
+            f"LIMIT {p(2, 'bigint')}"
+        )
+        self._with_pending_lines = (
+            f"SELECT DISTINCT s.id, s.workspace_id, s.business_name, s.label, s.state, s.status, "
+            "s.subaccount_id, s.suspended_at IS NOT NULL, s.closed_at IS NOT NULL "
+            "FROM imessage_setup s JOIN phone_line l ON l.setup_id = s.id "
+            f"WHERE l.status = {sql_literal(LineStatus.PENDING)} AND l.requested_at <= "
+            f"{p(1, 'timestamptz')} AND s.state = {ready} AND s.closed_at IS NULL "
+            f"LIMIT {p(2, 'bigint')}"
+        )
+
+    def ts(self, value: datetime) -> Any:
+        return self.dialect.timestamp(value)
+
+    async def lock_visible(
+        self, conn: SqlConnection, workspace_id: str, setup_id: str
+    ) -> SetupFacts | None:
+        """The caller's setup, locked for the rest of the transaction (SQLite's write
+        lock already serialises writers)."""
+        setup = await self.lock(conn, setup_id)
+        if setup is None or setup.workspace_id != workspace_id or setup.state != SetupState.READY:
+            return None
+        return setup
+
+    async def get(self, conn: SqlConnection, setup_id: str) -> SetupFacts | None:
+        row = await conn.fetchrow(self._get, (setup_id,))
+        return None if row is None else _setup(row)
+
+    async def lock(self, conn: SqlConnection, setup_id: str) -> SetupFacts | None:
+        row = await conn.fetchrow(self._lock, (setup_id,))
+        return None if row is None else _setup(row)
+
+    async def visible(
+        self, conn: SqlConnection, workspace_id: str, setup_id: str
+    ) -> SetupFacts | None:
+        row = await conn.fetchrow(self._visible, (setup_id, workspace_id))
+        return None if row is None else _setup(row)
+
+    async def refresh_status(self, conn: SqlConnection, setup_id: str, now: datetime) -> str:
+        """Recompute the stored status (and touch ``updated_at``); the new status."""
+        return str(await conn.fetchval(self._status, (setup_id, self.ts(now))))
+
+    async def line(self, conn: SqlConnection, line_id: str) -> LineFacts | None:
+        row = await conn.fetchrow(self._line, (line_id,))
+        return None if row is None else _line(row)
+
+    async def operation(self, conn: SqlConnection, operation_id: str) -> OperationRow | None:
+        row = await conn.fetchrow(self._operation_by_id, (operation_id,))
+        return None if row is None else _operation(row)
+
+    async def visible_line(
+        self, conn: SqlConnection, workspace_id: str, line_id: str
+    ) -> LineFacts | None:
+        row = await conn.fetchrow(self._visible_line, (line_id, workspace_id))
+        return None if row is None else _line(row)
+
+    async def line_by_request(
+        self, conn: SqlConnection, setup_id: str, request_id: str
+    ) -> LineFacts | None:
+        row = await conn.fetchrow(self._line_by_request, (setup_id, request_id))
+        return None if row is None else _line(row)
+
+    async def lines_of(self, conn: SqlConnection, setup_id: str) -> list[LineFacts]:
+        return [_line(row) for row in await conn.fetch(self._lines_of, (setup_id,))]
+
+    async def count_open_lines(self, conn: SqlConnection, setup_id: str) -> int:
+        return int(await conn.fetchval(self._count_open, (setup_id,)) or 0)
+
+    async def insert_line(
+        self,
+        conn: SqlConnection,
+        *,
+        line_id: str,
+        setup: SetupFacts,
+        status: LineStatus,
+        phone_number: str | None,
+        request_id: str,
+        now: datetime,
+    ) -> None:
+        assigned = self.ts(now) if status is LineStatus.ASSIGNED else None
+        await conn.execute(
+            self._insert_line,
+            (
+                line_id,
+                setup.id,
+                setup.workspace_id,
+                status.value,
+                phone_number,
+                request_id,
+                self.ts(now),
+                assigned,
+            ),
+        )
+
+    async def assign(
+        self, conn: SqlConnection, setup_id: str, request_id: str, number: str, now: datetime
+    ) -> str | None:
+        """The line id if a pending line moved to ASSIGNED (forward only; the conditional
+        UPDATE is also the lock: of two concurrent deliveries one updates the row)."""
+        value = await conn.fetchval(self._assign, (setup_id, request_id, number, self.ts(now)))
+        return None if value is None else str(value)
+
+    async def release(self, conn: SqlConnection, line_id: str, now: datetime) -> bool:
+        return await conn.fetchval(self._release, (line_id, self.ts(now))) is not None
+
+    async def release_all(self, conn: SqlConnection, setup_id: str, now: datetime) -> list[str]:
+        return [str(r[0]) for r in await conn.fetch(self._release_all, (setup_id, self.ts(now)))]
+
+    async def suspend(self, conn: SqlConnection, setup_id: str, now: datetime) -> None:
+        await conn.execute(self._suspend, (setup_id, self.ts(now)))
+
+    async def reactivate(self, conn: SqlConnection, setup_id: str) -> None:
+        await conn.execute(self._reactivate, (setup_id,))
+
+    async def close(self, conn: SqlConnection, setup_id: str, now: datetime) -> None:
+        await conn.execute(self._close, (setup_id, self.ts(now)))
+
+    async def rename(
+        self, conn: SqlConnection, setup_id: str, business_name: str | None, label: str | None
+    ) -> None:
+        await conn.execute(self._rename, (setup_id, business_name, label))
+
+    async def complete(
+        self,
+        conn: SqlConnection,
+        setup_id: str,
+        *,
+        subaccount_id: str,
+        credentials_enc: str,
+        webhook_secret_enc: str,
+        now: datetime,
+    ) -> None:
+        await conn.execute(
+            self._complete,
+            (setup_id, subaccount_id, credentials_enc, webhook_secret_enc, self.ts(now)),
+        )
+
+    async def mark_reconciled(self, conn: SqlConnection, setup_id: str, now: datetime) -> None:
+        await conn.execute(self._reconciled, (setup_id, self.ts(now)))
+
+    # -- write-ahead operations
+
+    async def begin_operation(
+        self,
+        conn: SqlConnection,
+        *,
+        operation_id: str,
+        setup: SetupFacts,
+        line_id: str | None,
+        kind: str,
+        exclusive: bool,
+        params: dict[str, Any],
+        actor: str,
+        request_id: str | None,
+        now: datetime,
+    ) -> None:
+        await conn.execute(
+            self._insert_operation,
+            (
+                operation_id,
+                setup.workspace_id,
+                setup.id,
+                line_id,
+                kind,
+                exclusive,
+                json.dumps(params, separators=(",", ":")),
+                actor,
+                request_id,
+                self.ts(now),
+            ),
+        )
+
+    async def finish_operation(
+        self, conn: SqlConnection, operation_id: str, state: str, outcome: str, now: datetime
+    ) -> bool:
+        """Whether this call finished it (False: someone else already did)."""
+        finished = await conn.fetchval(
+            self._finish_operation, (operation_id, state, outcome, self.ts(now))
+        )
+        return finished is not None
+
+    async def exclusive_pending(self, conn: SqlConnection, setup_id: str) -> str | None:
+        value = await conn.fetchval(self._exclusive_pending, (setup_id,))
+        return None if value is None else str(value)
+
+    async def has_pending(self, conn: SqlConnection, setup_id: str) -> bool:
+        return await conn.fetchval(self._any_pending, (setup_id,)) is not None
+
+    async def pending_operations(
+        self, conn: SqlConnection, older_than: datetime, limit: int
+    ) -> list[OperationRow]:
+        rows = await conn.fetch(self._pending_operations, (self.ts(older_than), limit))
+        return [_operation(row) for row in rows]
+
+    async def due_for_reconcile(
+        self, conn: SqlConnection, older_than: datetime, limit: int
+    ) -> list[SetupFacts]:
+        rows = await conn.fetch(self._due_for_reconcile, (self.ts(older_than), limit))
+        return [_setup(row) for row in rows]
+
+    async def with_pending_lines(
+        self, conn: SqlConnection, older_than: datetime, limit: int
+    ) -> list[SetupFacts]:
+        rows = await conn.fetch(self._with_pending_lines, (self.ts(older_than), limit))
+        return [_setup(row) for row in rows]
