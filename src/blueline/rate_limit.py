@@ -37,7 +37,17 @@ class RateLimiter:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def allow(self, key: str) -> bool:
+    def has_tokens(self, key: str, cost: float = 1) -> bool:
+        """Whether ``allow(key, cost)`` would pass, without charging or remembering ``key``."""
+        if self._rate <= 0:
+            return True
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return self._burst >= cost
+        tokens = min(self._burst, bucket.tokens + (self._clock() - bucket.updated) * self._rate)
+        return tokens >= cost
+
+    def allow(self, key: str, cost: float = 1) -> bool:
         if self._rate <= 0:
             return True
         now = self._clock()
@@ -51,7 +61,7 @@ class RateLimiter:
             self._buckets.move_to_end(key)
             bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.updated) * self._rate)
             bucket.updated = now
-        if bucket.tokens >= 1:
-            bucket.tokens -= 1
+        if bucket.tokens >= cost:
+            bucket.tokens -= cost
             return True
         return False

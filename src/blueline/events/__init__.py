@@ -1,1 +1,1 @@
-"""Line events: the outbox written with each change, the relay, the bus and replay."""
+"""Live updates: the bus between processes, local fan-out, and each subscriber's stream."""

@@ -1,47 +1,66 @@
 """Event bus: in-process by default, Redis pub/sub across processes.
 
-Either way subscribers attach to the local :class:`Hub`. With Redis, each process
-holds one connection that pattern-subscribes to the per-workspace channels once at
-start-up, so a new subscriber never races its own SUBSCRIBE. When that connection
-drops and comes back, every local subscriber is told to re-read the event log, since
-pub/sub keeps nothing for a listener that was away.
+Either way subscribers attach to the local :class:`Hub`. With Redis, each process holds
+one connection that pattern-subscribes to the per-workspace channels (and the control
+channel) once at start-up, so a new subscriber never races its own SUBSCRIBE. When that
+connection drops and comes back, every local subscriber is told to re-read the event
+log, since pub/sub keeps nothing for a listener that was away.
+
+The control channel carries operator actions every process must apply at once (an API
+key revoked); each message is also findable in the database, which processes poll, so a
+lost control message only delays its effect.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
 from blueline.events.hub import Hub, Signal
-from blueline.events.outbox import LineEvent
+from blueline.persistence.eventlog import LiveEvent
 
 logger = logging.getLogger(__name__)
 
 CHANNEL_PREFIX = "blueline:events:"
+CONTROL_CHANNEL = "blueline:control"
+
+ControlHandler = Callable[[dict[str, Any]], None]
 
 
 class EventBus(Protocol):
     hub: Hub
+    detached: bool
 
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
 
-    async def publish_many(self, events: Sequence[LineEvent]) -> None: ...
+    async def publish_many(self, events: Sequence[LiveEvent]) -> None: ...
+
+    async def publish_control(self, message: dict[str, Any]) -> None: ...
+
+    def on_control(self, handler: ControlHandler) -> None: ...
 
     async def ping(self) -> None: ...
 
 
 class MemoryBus:
-    """Single process: publishing is delivering."""
+    """Single process: publishing is delivering.
 
-    def __init__(self, hub: Hub) -> None:
+    ``detached`` is for a one-shot command in a process of its own without Redis: no
+    subscriber listens here, so it publishes nothing and leaves its events to the API
+    process's sweep (marking them published here would hide them from it)."""
+
+    def __init__(self, hub: Hub, *, detached: bool = False) -> None:
         self.hub = hub
+        self.detached = detached
+        self._control: list[ControlHandler] = []
 
     async def start(self) -> None:
         return None
@@ -49,24 +68,33 @@ class MemoryBus:
     async def stop(self) -> None:
         self.hub.broadcast(Signal.CLOSED)
 
-    async def publish_many(self, events: Sequence[LineEvent]) -> None:
+    async def publish_many(self, events: Sequence[LiveEvent]) -> None:
         for event in events:
             self.hub.deliver(event)
+
+    async def publish_control(self, message: dict[str, Any]) -> None:
+        for handler in self._control:
+            handler(message)
+
+    def on_control(self, handler: ControlHandler) -> None:
+        self._control.append(handler)
 
     async def ping(self) -> None:
         return None
 
 
 class RedisBus:
+    detached = False
+
     def __init__(self, url: str, hub: Hub, *, reconnect_max_s: float = 2.0) -> None:
         self.hub = hub
-        self._url = url
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10
         )
         self._reader: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self._reconnect_max_s = reconnect_max_s
+        self._control: list[ControlHandler] = []
 
     def __repr__(self) -> str:
         return "RedisBus()"
@@ -86,17 +114,36 @@ class RedisBus:
         self.hub.broadcast(Signal.CLOSED)
         await self._redis.aclose()
 
-    async def publish_many(self, events: Sequence[LineEvent]) -> None:
+    async def publish_many(self, events: Sequence[LiveEvent]) -> None:
         # One round trip for the batch; order is kept within the pipeline.
         async with self._redis.pipeline(transaction=False) as pipe:
             for event in events:
                 pipe.publish(CHANNEL_PREFIX + event.workspace_id, event.to_message())
             await pipe.execute()
 
+    async def publish_control(self, message: dict[str, Any]) -> None:
+        await self._redis.publish(CONTROL_CHANNEL, json.dumps(message))
+
+    def on_control(self, handler: ControlHandler) -> None:
+        self._control.append(handler)
+
     async def ping(self) -> None:
         if not self._listening.is_set():
             raise ConnectionError("the event bus is not listening")
         await self._redis.ping()
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        data = message.get("data")
+        try:
+            if message.get("type") == "pmessage":
+                self.hub.deliver(LiveEvent.from_message(data))  # type: ignore[arg-type]
+            elif message.get("type") == "message":
+                control = json.loads(data)  # type: ignore[arg-type]
+                if isinstance(control, dict):
+                    for handler in self._control:
+                        handler(control)
+        except (ValueError, KeyError, TypeError):
+            logger.warning("dropped a malformed bus message")
 
     async def _read_forever(self) -> None:
         delay = 0.1
@@ -104,6 +151,7 @@ class RedisBus:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.psubscribe(CHANNEL_PREFIX + "*")
+                await pubsub.subscribe(CONTROL_CHANNEL)
                 self._listening.set()
                 # Messages published before this subscription (a reconnect, or Redis
                 # coming up after our subscribers did) are gone: catch up from the log.
@@ -111,14 +159,8 @@ class RedisBus:
                 delay = 0.1
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
-                    if message is None or message.get("type") != "pmessage":
-                        continue
-                    try:
-                        event = LineEvent.from_message(message["data"])
-                    except (ValueError, KeyError, TypeError):
-                        logger.warning("dropped a malformed bus message")
-                        continue
-                    self.hub.deliver(event)
+                    if message is not None:
+                        self._dispatch(message)
             except asyncio.CancelledError:
                 self._listening.clear()
                 raise
@@ -132,6 +174,6 @@ class RedisBus:
             delay = min(delay * 2, self._reconnect_max_s)
 
 
-def create_bus(redis_url: str | None, max_queue: int) -> EventBus:
+def create_bus(redis_url: str | None, max_queue: int, *, detached: bool = False) -> EventBus:
     hub = Hub(max_queue)
-    return RedisBus(redis_url, hub) if redis_url else MemoryBus(hub)
+    return RedisBus(redis_url, hub) if redis_url else MemoryBus(hub, detached=detached)

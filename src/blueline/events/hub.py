@@ -7,11 +7,12 @@ overflowed and ends; it resumes with ``after`` from the event log.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from enum import Enum
 
-from blueline.events.outbox import LineEvent
+from blueline.persistence.eventlog import LiveEvent
 
 
 class Signal(Enum):
@@ -23,31 +24,53 @@ class Signal(Enum):
     CLOSED = "closed"
 
 
-Item = LineEvent | Signal
+Item = LiveEvent | Signal
 
 
 class Subscriber:
+    """A bounded queue with one waiter; lighter than ``asyncio.Queue`` (thousands of
+    idle subscribers each hold one)."""
+
+    __slots__ = ("_items", "_max", "_waiter", "overflowed", "workspace_id")
+
     def __init__(self, workspace_id: str, max_queue: int) -> None:
         self.workspace_id = workspace_id
-        self._queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=max_queue)
+        self._items: deque[Item] = deque()
         self._max = max_queue
+        self._waiter: asyncio.Future[None] | None = None
         self.overflowed = False
 
     def offer(self, item: Item) -> None:
         """Never raises: the publisher must not fail because one subscriber is slow."""
         if self.overflowed:
             return
-        if self._queue.qsize() >= self._max:
+        if len(self._items) >= self._max:
             # Full: whatever was queued is moot, the subscriber must resume from the log.
             self.overflowed = True
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            self._queue.put_nowait(Signal.OVERFLOW)
-            return
-        self._queue.put_nowait(item)
+            self._items.clear()
+            self._items.append(Signal.OVERFLOW)
+        else:
+            self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
-    async def get(self) -> Item:
-        return await self._queue.get()
+    async def get(self, wait_s: float | None = None) -> Item | None:
+        """The next item, or None when ``wait_s`` passed first."""
+        while not self._items:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiter = waiter
+            try:
+                if wait_s is None:
+                    await waiter
+                else:
+                    try:
+                        await asyncio.wait_for(waiter, wait_s)
+                    except TimeoutError:
+                        return None
+            finally:
+                self._waiter = None
+        return self._items.popleft()
 
 
 class Hub:
@@ -59,7 +82,7 @@ class Hub:
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self._by_workspace.values())
 
-    def deliver(self, event: LineEvent) -> None:
+    def deliver(self, event: LiveEvent) -> None:
         for subscriber in tuple(self._by_workspace.get(event.workspace_id, ())):
             subscriber.offer(event)
 

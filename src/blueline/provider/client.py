@@ -13,6 +13,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import httpx
 
@@ -30,12 +31,16 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 @dataclass(frozen=True)
 class ProviderLine:
     request_id: str
-    status: str  # "pending" | "assigned"
+    status: str  # "pending" | "assigned" | "released"
     phone_number: str | None
 
     @property
     def is_assigned(self) -> bool:
         return self.status == "assigned" and self.phone_number is not None
+
+    @property
+    def is_released(self) -> bool:
+        return self.status == "released"
 
 
 @dataclass(frozen=True)
@@ -47,12 +52,21 @@ class Subaccount:
     api_secret: str = field(repr=False)
     webhook_secret: str = field(repr=False)
     lines: list[ProviderLine]
+    status: str = "active"  # "active" | "suspended" | "closed"
 
 
 class SubaccountGone(ProviderRejected):
     """The provider no longer knows the subaccount (closed or deleted)."""
 
     code = "PROVIDER_SUBACCOUNT_GONE"
+    user_facing = False
+
+
+class SubaccountSuspended(ProviderRejected):
+    """The provider refused a new line because the subaccount is suspended."""
+
+    code = "PROVIDER_SUBACCOUNT_SUSPENDED"
+    user_facing = False
 
 
 class ProviderClient(Protocol):
@@ -67,6 +81,14 @@ class ProviderClient(Protocol):
     async def list_lines(self, subaccount_id: str) -> list[ProviderLine]: ...
 
     async def close_subaccount(self, subaccount_id: str) -> None: ...
+
+    async def rename_subaccount(self, subaccount_id: str, business_name: str) -> None: ...
+
+    async def suspend_subaccount(self, subaccount_id: str) -> None: ...
+
+    async def reactivate_subaccount(self, subaccount_id: str) -> None: ...
+
+    async def release_line(self, subaccount_id: str, request_id: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -160,6 +182,8 @@ class HttpProviderClient:
     def _json(response: httpx.Response, op: str) -> Any:
         if response.status_code == 404:
             raise SubaccountGone(f"the provider does not know this subaccount ({op})")
+        if response.status_code == 409 and op == "request_line":
+            raise SubaccountSuspended("the provider refused a line: the subaccount is suspended")
         if response.status_code >= 400:
             raise ProviderRejected(f"the provider refused {op} (HTTP {response.status_code})")
         try:
@@ -194,12 +218,17 @@ class HttpProviderClient:
 
     async def request_line(self, subaccount_id: str) -> ProviderLine:
         response = await self._call(
-            "request_line", "POST", f"/v1/subaccounts/{subaccount_id}/lines", idempotent=False
+            "request_line",
+            "POST",
+            f"/v1/subaccounts/{_segment(subaccount_id)}/lines",
+            idempotent=False,
         )
         return _line(self._json(response, "request_line"))
 
     async def list_lines(self, subaccount_id: str) -> list[ProviderLine]:
-        response = await self._call("list_lines", "GET", f"/v1/subaccounts/{subaccount_id}/lines")
+        response = await self._call(
+            "list_lines", "GET", f"/v1/subaccounts/{_segment(subaccount_id)}/lines"
+        )
         data = self._json(response, "list_lines")
         items = data.get("data") if isinstance(data, dict) else None
         if not isinstance(items, list):
@@ -207,11 +236,50 @@ class HttpProviderClient:
         return [_line(item) for item in items]
 
     async def close_subaccount(self, subaccount_id: str) -> None:
+        """Idempotent: a subaccount already closed (404 afterwards) counts as closed."""
         response = await self._call(
-            "close_subaccount", "DELETE", f"/v1/subaccounts/{subaccount_id}"
+            "close_subaccount", "DELETE", f"/v1/subaccounts/{_segment(subaccount_id)}"
         )
-        if response.status_code not in (204, 404):
+        if response.status_code not in (200, 204, 404):
             self._json(response, "close_subaccount")
+
+    async def rename_subaccount(self, subaccount_id: str, business_name: str) -> None:
+        response = await self._call(
+            "rename_subaccount",
+            "PATCH",
+            f"/v1/subaccounts/{_segment(subaccount_id)}",
+            {"business_name": business_name},
+        )
+        self._json(response, "rename_subaccount")
+
+    async def suspend_subaccount(self, subaccount_id: str) -> None:
+        response = await self._call(
+            "suspend_subaccount", "POST", f"/v1/subaccounts/{_segment(subaccount_id)}/suspend"
+        )
+        self._json(response, "suspend_subaccount")
+
+    async def reactivate_subaccount(self, subaccount_id: str) -> None:
+        response = await self._call(
+            "reactivate_subaccount",
+            "POST",
+            f"/v1/subaccounts/{_segment(subaccount_id)}/reactivate",
+        )
+        self._json(response, "reactivate_subaccount")
+
+    async def release_line(self, subaccount_id: str, request_id: str) -> None:
+        """Idempotent upstream: releasing a released line is 204 again."""
+        response = await self._call(
+            "release_line",
+            "DELETE",
+            f"/v1/subaccounts/{_segment(subaccount_id)}/lines/{_segment(request_id)}",
+        )
+        if response.status_code not in (200, 204):
+            self._json(response, "release_line")
+
+
+def _segment(value: str) -> str:
+    """A path segment from provider-issued ids (never from client input), escaped anyway."""
+    return quote(value, safe="")
 
 
 def _line(raw: Any) -> ProviderLine:
@@ -219,7 +287,9 @@ def _line(raw: Any) -> ProviderLine:
         raise ProviderRejected("the provider sent a malformed line")
     status = raw.get("status")
     number = raw.get("phone_number")
-    if status not in ("pending", "assigned") or not (number is None or isinstance(number, str)):
+    if status not in ("pending", "assigned", "released") or not (
+        number is None or isinstance(number, str)
+    ):
         raise ProviderRejected("the provider sent a malformed line")
     return ProviderLine(request_id=raw["request_id"], status=status, phone_number=number)
 
@@ -235,6 +305,7 @@ def _subaccount(raw: Any) -> Subaccount:
             api_secret=str(credentials["api_secret"]),
             webhook_secret=str(raw["webhook_secret"]),
             lines=[_line(item) for item in raw.get("lines") or []],
+            status=str(raw.get("status") or "active"),
         )
     except (KeyError, TypeError):
         raise ProviderRejected("the provider sent a malformed subaccount") from None

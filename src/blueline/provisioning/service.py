@@ -1,62 +1,60 @@
-"""Provisioning: create setups, request and assign lines, recover interrupted work.
+"""Provisioning: create setups and request lines, and recover creates a crash interrupted.
 
 A create writes its row first (state PROVISIONING, invisible to clients), calls the
 provider with the setup id as ``external_id``, then finishes in one transaction that
-stores the encrypted credentials, the lines and their events. A crash between the two
-writes is completed by :meth:`Provisioning.recover_setups`, which the provider's
-idempotency on ``external_id`` makes safe to run at any time.
+stores the encrypted credentials, the lines, their events and audit records. A crash
+between the two writes is completed by :meth:`Provisioning.recover_setups`, which the
+provider's idempotency on ``external_id`` makes safe to run at any time.
 
-This service owns its transactions because a create spans two of them around a
-network call; the single-transaction path (:func:`~blueline.provisioning.assignment.
-assign_line`) takes a connection and leaves the commit to its caller.
+This service owns its transactions because each change spans two of them around a
+network call, and no database connection is held while the provider is waited on.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col
 
 from blueline import ids
+from blueline.domain import AuditAction, LineStatus, Origin, SetupChange, SetupState, SetupStatus
 from blueline.errors import (
     IdempotencyKeyReused,
+    LineLimitReached,
     NotFound,
     ProviderRejected,
     ProviderUnavailable,
+    SetupClosed,
+    SetupSuspended,
 )
-from blueline.events import outbox
+from blueline.events.publisher import Publisher
 from blueline.persistence import queries
-from blueline.persistence.database import Database
-from blueline.persistence.models import (
-    IMessageSetup,
-    LineStatus,
-    PhoneLine,
-    SetupState,
-    SetupStatus,
-)
+from blueline.persistence.database import Database, SqlConnection
+from blueline.persistence.eventlog import LiveEvent
+from blueline.persistence.journal import Audit, Change, Journal
+from blueline.persistence.models import IMessageSetup
+from blueline.persistence.setups import SetupFacts, SetupStore
 from blueline.persistence.types import utcnow
-from blueline.provider.client import ProviderClient, ProviderLine, Subaccount, SubaccountGone
-from blueline.provisioning.assignment import AssignResult, assign_line
+from blueline.provider.client import (
+    ProviderClient,
+    ProviderLine,
+    Subaccount,
+    SubaccountGone,
+    SubaccountSuspended,
+)
 from blueline.provisioning.validation import fingerprint, validate_setup_input
-from blueline.security.vault import Vault
+from blueline.security.vault import Vault, credentials_aad, webhook_secret_aad
 
 logger = logging.getLogger(__name__)
 
 SETUP_NOT_FOUND = "No iMessage setup with this id exists in your workspace"
-
-
-def credentials_aad(setup_id: str) -> str:
-    return f"imessage_setup:{setup_id}:credentials"
-
-
-def webhook_secret_aad(setup_id: str) -> str:
-    return f"imessage_setup:{setup_id}:webhook_secret"
+LINE_NOT_FOUND = "No phone line with this id exists in your workspace"
+SETUP_CLOSED = "This setup is closed: it takes no more changes"
+SETUP_SUSPENDED = "This setup is suspended: reactivate it before requesting lines"
+# Open (pending or assigned) lines per setup: every snapshot of a setup carries its lines.
+MAX_OPEN_LINES = 50
 
 
 @dataclass
@@ -66,6 +64,46 @@ class RecoveryReport:
     discarded: int = 0
     deferred: int = 0
     lines_assigned: int = 0
+    lines_adopted: int = 0
+    lines_released: int = 0
+    operations_finished: int = 0
+    setups_synced: int = 0
+
+    def any(self) -> bool:
+        return any(vars(self).values())
+
+
+def line_change(line: ProviderLine) -> SetupChange:
+    return SetupChange.LINE_ASSIGNED if line.is_assigned else SetupChange.LINE_ADDED
+
+
+async def insert_provider_line(
+    store: SetupStore,
+    conn: SqlConnection,
+    setup: SetupFacts,
+    line: ProviderLine,
+    now: object,
+) -> tuple[str, Change, Audit]:
+    """A line the provider reported, as a row, its event and its audit record."""
+    line_id = ids.new_id(ids.PHONE_LINE)
+    status = LineStatus.ASSIGNED if line.is_assigned else LineStatus.PENDING
+    await store.insert_line(
+        conn,
+        line_id=line_id,
+        setup=setup,
+        status=status,
+        phone_number=line.phone_number if line.is_assigned else None,
+        request_id=line.request_id,
+        now=now,  # type: ignore[arg-type]
+    )
+    changes: dict[str, tuple[object, object]] = {"status": (None, status.value)}
+    if line.is_assigned:
+        changes["phoneNumber"] = (None, line.phone_number)
+    return (
+        line_id,
+        Change(line_change(line), setup.id, line_id),
+        Audit(AuditAction.LINE_REQUESTED, setup.id, line_id, changes),
+    )
 
 
 class Provisioning:
@@ -74,15 +112,17 @@ class Provisioning:
         db: Database,
         provider: ProviderClient,
         vault: Vault,
+        journal: Journal,
+        publisher: Publisher,
         public_base_url: str,
-        on_commit: Callable[[], None] = lambda: None,
     ) -> None:
         self._db = db
         self._provider = provider
         self._vault = vault
+        self._journal = journal
+        self._publisher = publisher
+        self._store = SetupStore(db.dialect)
         self._base_url = public_base_url.rstrip("/")
-        # Called after every commit that wrote events, so the relay publishes at once.
-        self._on_commit = on_commit
 
     def webhook_url(self, setup_id: str) -> str:
         return f"{self._base_url}/webhooks/imessage/{setup_id}"
@@ -92,10 +132,11 @@ class Provisioning:
     async def create_setup(
         self,
         workspace_id: str,
+        origin: Origin,
         business_name: str,
         label: str,
         idempotency_key: str | None = None,
-    ) -> queries.SetupRow:
+    ) -> str:
         name, label, key = validate_setup_input(business_name, label, idempotency_key)
         setup_id, state = await self._claim(workspace_id, name, label, key)
         if state != SetupState.READY:
@@ -106,12 +147,12 @@ class Provisioning:
             except (ProviderUnavailable, ProviderRejected) as exc:
                 await self._mark_failed(setup_id, exc.code)
                 raise
-            await self._complete(setup_id, account)
-        async with self._db.session() as session:
-            row = await queries.get_setup_row(session, workspace_id, setup_id)
-        if row is None:  # recovery failed it between our two writes
+            await self._complete(setup_id, account, origin)
+        async with self._db.read() as conn:
+            found = await self._store.visible(conn, workspace_id, setup_id)
+        if found is None:  # recovery failed it between our two writes
             raise ProviderUnavailable("the setup could not be completed; try again")
-        return row
+        return setup_id
 
     async def _claim(
         self, workspace_id: str, name: str, label: str, key: str | None
@@ -152,84 +193,145 @@ class Provisioning:
 
     async def _mark_failed(self, setup_id: str, reason: str) -> None:
         async with self._db.transaction() as session:
-            # The key is released so a retry with it starts a fresh setup rather than
-            # returning this one; recovery closes any subaccount it left upstream.
-            await session.execute(
-                update(IMessageSetup)
-                .where(col(IMessageSetup.id) == setup_id)
-                .where(col(IMessageSetup.state) == SetupState.PROVISIONING)
-                .values(
-                    state=SetupState.FAILED,
-                    idempotency_key=None,
-                    failure_reason=reason,
-                    updated_at=utcnow(),
-                )
-            )
+            await queries.mark_failed(session, setup_id, reason)
 
-    async def _complete(self, setup_id: str, account: Subaccount) -> bool:
+    async def _complete(self, setup_id: str, account: Subaccount, origin: Origin) -> bool:
         """Finish a PROVISIONING setup from the provider's subaccount; False if it was not."""
-        async with self._db.transaction() as session:
-            setup = await queries.lock_setup(session, setup_id)
+        store = self._store
+        now = utcnow()
+        async with self._db.write() as conn:
+            setup = await store.lock(conn, setup_id)
             if setup is None or setup.state != SetupState.PROVISIONING:
                 return False
-            setup.subaccount_id = account.id
-            setup.credentials_enc = self._vault.encrypt(
-                f"{account.api_key}\n{account.api_secret}", aad=credentials_aad(setup_id)
+            await store.complete(
+                conn,
+                setup_id,
+                subaccount_id=account.id,
+                credentials_enc=self._vault.encrypt(
+                    f"{account.api_key}\n{account.api_secret}", aad=credentials_aad(setup_id)
+                ),
+                webhook_secret_enc=self._vault.encrypt(
+                    account.webhook_secret, aad=webhook_secret_aad(setup_id)
+                ),
+                now=now,
             )
-            setup.webhook_secret_enc = self._vault.encrypt(
-                account.webhook_secret, aad=webhook_secret_aad(setup_id)
-            )
-            setup.state = SetupState.READY
-            setup.updated_at = utcnow()
-            for count, provider_line in enumerate(account.lines, start=1):
-                await self._add_line(session, setup, provider_line, count)
-            session.add(setup)
-        self._on_commit()
+            events = [Change(SetupChange.CREATED, setup_id)]
+            audits = [
+                Audit(
+                    AuditAction.SETUP_CREATED,
+                    setup_id,
+                    None,
+                    {"businessName": (None, setup.business_name), "label": (None, setup.label)},
+                )
+            ]
+            for provider_line in account.lines:
+                if provider_line.is_released:
+                    continue
+                _line_id, change, audit = await insert_provider_line(
+                    store, conn, setup, provider_line, now
+                )
+                events.append(change)
+                audits.append(audit)
+            await store.refresh_status(conn, setup_id, now)
+            live = await self._journal.append(conn, setup.workspace_id, origin, events, audits, now)
+        await self._publisher.publish(live)
         return True
-
-    async def _add_line(
-        self, session: AsyncSession, setup: IMessageSetup, provider_line: ProviderLine, count: int
-    ) -> PhoneLine:
-        now = utcnow()
-        assigned = provider_line.is_assigned
-        line = PhoneLine(
-            id=ids.new_id(ids.PHONE_LINE),
-            setup_id=setup.id,
-            workspace_id=setup.workspace_id,
-            status=LineStatus.ASSIGNED if assigned else LineStatus.PENDING,
-            phone_number=provider_line.phone_number if assigned else None,
-            request_id=provider_line.request_id,
-            requested_at=now,
-            assigned_at=now if assigned else None,
-        )
-        if assigned:
-            setup.status = SetupStatus.ACTIVE
-        session.add(line)
-        event_type = outbox.LINE_ASSIGNED if assigned else outbox.LINE_REQUESTED
-        await outbox.record(await session.connection(), event_type, setup, line, count)
-        return line
 
     # -- more lines -----------------------------------------------------------------
 
-    async def request_line(self, workspace_id: str, setup_id: str) -> PhoneLine:
-        async with self._db.session() as session:
-            row = await queries.get_setup_row(session, workspace_id, setup_id)
-        if row is None or row.setup.subaccount_id is None:
-            raise NotFound(SETUP_NOT_FOUND, field=["input", "setupId"])
-        provider_line = await self._provider.request_line(row.setup.subaccount_id)
-        async with self._db.transaction() as session:
-            setup = await queries.lock_setup(session, setup_id)
+    async def request_line(self, workspace_id: str, origin: Origin, setup_id: str) -> str:
+        """A new line request; written ahead so recovery can adopt what a crash or a
+        lost answer left at the provider (the call itself is never repeated: a repeat
+        could create a second line)."""
+        store = self._store
+        now = utcnow()
+        operation_id = ids.new_id(ids.OPERATION)
+        async with self._db.write() as conn:
+            setup = await store.visible(conn, workspace_id, setup_id)
+            if setup is None or setup.subaccount_id is None:
+                raise NotFound(SETUP_NOT_FOUND, field=["input", "setupId"])
+            self._check_open(setup)
+            if await store.count_open_lines(conn, setup_id) >= MAX_OPEN_LINES:
+                raise LineLimitReached(
+                    f"A setup has at most {MAX_OPEN_LINES} open lines; release one first",
+                    field=["input", "setupId"],
+                )
+            await store.begin_operation(
+                conn,
+                operation_id=operation_id,
+                setup=setup,
+                line_id=None,
+                kind="request_line",
+                exclusive=False,
+                params={},
+                actor=origin.actor,
+                request_id=origin.request_id,
+                now=now,
+            )
+        subaccount_id = setup.subaccount_id
+        try:
+            provider_line = await self._provider.request_line(subaccount_id)
+        except SubaccountSuspended:
+            await self._finish(operation_id, "failed", "suspended_upstream")
+            raise SetupSuspended(SETUP_SUSPENDED, field=["input", "setupId"]) from None
+        except SubaccountGone:
+            await self._finish(operation_id, "failed", "closed_upstream")
+            raise SetupClosed(SETUP_CLOSED, field=["input", "setupId"]) from None
+        except (ProviderUnavailable, ProviderRejected) as exc:
+            await self._finish(operation_id, "failed", exc.code)
+            raise
+        line_id, live = await self._record_line(setup_id, provider_line, origin, operation_id)
+        await self._publisher.publish(live)
+        if line_id is None:
+            # Closed while the provider answered: give the new line back at once.
+            try:
+                await self._provider.release_line(subaccount_id, provider_line.request_id)
+            except (ProviderUnavailable, ProviderRejected):
+                logger.warning("could not release a line requested for a closed setup")
+            raise SetupClosed(SETUP_CLOSED, field=["input", "setupId"])
+        return line_id
+
+    async def _record_line(
+        self, setup_id: str, provider_line: ProviderLine, origin: Origin, operation_id: str
+    ) -> tuple[str | None, list[LiveEvent]]:
+        store = self._store
+        now = utcnow()
+        async with self._db.write() as conn:
+            setup = await store.lock(conn, setup_id)
             assert setup is not None
-            count = await queries.count_lines(session, setup_id) + 1
-            setup.updated_at = utcnow()
-            line = await self._add_line(session, setup, provider_line, count)
-            session.add(setup)
-        self._on_commit()
-        return line
+            known = await store.line_by_request(conn, setup_id, provider_line.request_id)
+            if setup.closed:
+                await store.finish_operation(conn, operation_id, "done", "setup_closed", now)
+                return None, []
+            if known is not None:  # reconciliation adopted it first
+                await store.finish_operation(conn, operation_id, "done", "adopted", now)
+                return known.id, []
+            line_id, change, audit = await insert_provider_line(
+                store, conn, setup, provider_line, now
+            )
+            await store.refresh_status(conn, setup_id, now)
+            await store.finish_operation(conn, operation_id, "done", "applied", now)
+            live = await self._journal.append(
+                conn, setup.workspace_id, origin, [change], [audit], now
+            )
+        return line_id, live
 
-    # -- recovery and reconciliation --------------------------------------------------
+    async def _finish(self, operation_id: str, state: str, outcome: str) -> None:
+        async with self._db.write() as conn:
+            await self._store.finish_operation(conn, operation_id, state, outcome, utcnow())
 
-    async def recover_setups(self, min_age_s: float, report: RecoveryReport) -> None:
+    @staticmethod
+    def _check_open(setup: SetupFacts) -> None:
+        if setup.closed:
+            raise SetupClosed(SETUP_CLOSED, field=["input", "setupId"])
+        if setup.suspended:
+            raise SetupSuspended(SETUP_SUSPENDED, field=["input", "setupId"])
+
+    # -- recovery -------------------------------------------------------------------
+
+    async def recover_setups(
+        self, min_age_s: float, report: RecoveryReport, origin: Origin
+    ) -> None:
         """Complete or fail setups left PROVISIONING; close what failed ones left upstream."""
         cutoff = utcnow() - timedelta(seconds=min_age_s)
         async with self._db.session() as session:
@@ -251,7 +353,7 @@ class Provisioning:
                 await self._mark_failed(setup.id, exc.code)
                 report.failed += 1
                 continue
-            if await self._complete(setup.id, account):
+            if await self._complete(setup.id, account, origin):
                 report.completed += 1
         for setup in failed:
             try:
@@ -271,45 +373,5 @@ class Provisioning:
                 report.deferred += 1
                 continue
             async with self._db.transaction() as session:
-                await session.execute(
-                    update(IMessageSetup)
-                    .where(col(IMessageSetup.id) == setup.id)
-                    .where(col(IMessageSetup.state) == SetupState.FAILED)
-                    .values(state=SetupState.DISCARDED, updated_at=utcnow())
-                )
+                await queries.discard_failed(session, setup.id)
             report.discarded += 1
-
-    async def reconcile_lines(self, min_age_s: float, report: RecoveryReport) -> None:
-        """Ask the provider about lines still pending: catches webhooks that never came."""
-        cutoff = utcnow() - timedelta(seconds=min_age_s)
-        async with self._db.session() as session:
-            pending = await queries.pending_lines(session, cutoff)
-        by_setup: dict[str, tuple[IMessageSetup, list[PhoneLine]]] = {}
-        for line, setup in pending:
-            by_setup.setdefault(setup.id, (setup, []))[1].append(line)
-        for setup, lines in by_setup.values():
-            if setup.subaccount_id is None:
-                continue
-            try:
-                upstream = await self._provider.list_lines(setup.subaccount_id)
-            except (ProviderUnavailable, ProviderRejected):
-                report.deferred += 1
-                continue
-            placed = {u.request_id: u.phone_number for u in upstream if u.is_assigned}
-            for line in lines:
-                number = placed.get(line.request_id or "")
-                if number is None:
-                    continue
-                async with self._db.transaction() as session:
-                    result = await assign_line(
-                        await session.connection(), setup.id, line.request_id or "", number
-                    )
-                if result is AssignResult.APPLIED:
-                    report.lines_assigned += 1
-                    self._on_commit()
-
-    async def reconcile(self, min_age_s: float) -> RecoveryReport:
-        report = RecoveryReport()
-        await self.recover_setups(min_age_s, report)
-        await self.reconcile_lines(min_age_s, report)
-        return report

@@ -1,4 +1,17 @@
-"""Input rules for setups, shared by every entry point."""
+"""Input rules for names and keys, shared by every entry point that takes one (creating
+and renaming setups, workspace names at the CLI).
+
+A name is what an operator reads on a screen, so it must show what it is:
+
+- it is NFC-normalised, trimmed, and 1-128 characters long;
+- it holds no control, format, surrogate, private-use or unassigned code point
+  (categories Cc, Cf, Cs, Co, Cn), no line or paragraph separator (Zl, Zp) and no
+  noncharacter, so nothing invisible can reorder, hide or fake what is shown (bidi
+  marks, soft hyphens, tag characters, U+FFFE…);
+- the two joiners (U+200C, U+200D) are the exception, only between two visible
+  characters: emoji sequences and scripts such as Persian need them;
+- it has at least one visible character (not just fillers such as U+3164 or U+2800).
+"""
 
 from __future__ import annotations
 
@@ -10,41 +23,77 @@ from blueline.errors import InvalidInput, ValidationFailed
 MAX_TEXT = 128
 MAX_IDEMPOTENCY_KEY = 255
 
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+_JOINERS = frozenset("\u200c\u200d")
+# Graphic characters that render as nothing.
+_BLANK = frozenset("\u115f\u1160\u3164\uffa0\u2800\u180e\u17b4\u17b5\u034f\u2061\u2062\u2063\u2064")
+_UNSEEN_CATEGORIES = frozenset({"Zs", "Mn", "Me", "Cf"})
 
-# Format characters that can disguise what an operator reads (bidirectional overrides
-# and isolates, invisible spaces). Joiners stay allowed: emoji sequences and scripts
-# such as Persian need them.
-_DECEPTIVE = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200b\u2060\ufeff")
+
+def _is_noncharacter(ch: str) -> bool:
+    code = ord(ch)
+    return 0xFDD0 <= code <= 0xFDEF or (code & 0xFFFE) == 0xFFFE
 
 
-def _has_control_chars(value: str) -> bool:
-    return any(unicodedata.category(ch) in ("Cc", "Cs", "Co") or ch in _DECEPTIVE for ch in value)
+def _visible(ch: str) -> bool:
+    return ch not in _BLANK and unicodedata.category(ch) not in _UNSEEN_CATEGORIES
+
+
+def _refused_at(text: str) -> int | None:
+    """Index of the first character the rule refuses, if any."""
+    for index, ch in enumerate(text):
+        if ch in _JOINERS:
+            before = text[index - 1] if index > 0 else ""
+            after = text[index + 1] if index + 1 < len(text) else ""
+            # A variation selector (Mn) may sit between a visible character and a joiner.
+            if (
+                before
+                and after
+                and (_visible(before) or unicodedata.category(before) == "Mn")
+                and (_visible(after))
+            ):
+                continue
+            return index
+        if unicodedata.category(ch) in _REFUSED_CATEGORIES or _is_noncharacter(ch):
+            return index
+    return None
+
+
+def clean_name(value: str, field: str, label: str) -> tuple[str, InvalidInput | None]:
+    cleaned = unicodedata.normalize("NFC", value).strip()
+    where = ["input", field]
+    if not cleaned:
+        return cleaned, InvalidInput(f"{label} must not be empty", field=where)
+    if len(cleaned) > MAX_TEXT:
+        return cleaned, InvalidInput(f"{label} must be at most {MAX_TEXT} characters", field=where)
+    refused = _refused_at(cleaned)
+    if refused is not None:
+        return cleaned, InvalidInput(
+            f"{label} must not contain invisible or control characters "
+            f"(U+{ord(cleaned[refused]):04X} at position {refused + 1})",
+            field=where,
+        )
+    if not any(_visible(ch) for ch in cleaned):
+        return cleaned, InvalidInput(f"{label} must contain a visible character", field=where)
+    return cleaned, None
+
+
+def name_or_raise(value: str, field: str, label: str) -> str:
+    cleaned, error = clean_name(value, field, label)
+    if error is not None:
+        raise ValidationFailed([error])
+    return cleaned
 
 
 def _is_plain_token(value: str) -> bool:
     return value.isascii() and value.isprintable()
 
 
-def clean_text(value: str, field: str, label: str) -> tuple[str, InvalidInput | None]:
-    cleaned = value.strip()
-    if not cleaned:
-        return cleaned, InvalidInput(f"{label} must not be empty", field=["input", field])
-    if len(cleaned) > MAX_TEXT:
-        return cleaned, InvalidInput(
-            f"{label} must be at most {MAX_TEXT} characters", field=["input", field]
-        )
-    if _has_control_chars(cleaned):
-        return cleaned, InvalidInput(
-            f"{label} must not contain control characters", field=["input", field]
-        )
-    return cleaned, None
-
-
 def validate_setup_input(
     business_name: str, label: str, idempotency_key: str | None
 ) -> tuple[str, str, str | None]:
-    name, name_error = clean_text(business_name, "businessName", "Business name")
-    lab, label_error = clean_text(label, "label", "Label")
+    name, name_error = clean_name(business_name, "businessName", "Business name")
+    lab, label_error = clean_name(label, "label", "Label")
     problems = [e for e in (name_error, label_error) if e is not None]
     key = idempotency_key
     if key is not None and (
@@ -60,6 +109,24 @@ def validate_setup_input(
     if problems:
         raise ValidationFailed(problems)
     return name, lab, key
+
+
+def validate_update_input(
+    business_name: str | None, label: str | None
+) -> tuple[str | None, str | None]:
+    problems: list[InvalidInput] = []
+    name = lab = None
+    if business_name is not None:
+        name, error = clean_name(business_name, "businessName", "Business name")
+        problems += [error] if error else []
+    if label is not None:
+        lab, error = clean_name(label, "label", "Label")
+        problems += [error] if error else []
+    if business_name is None and label is None:
+        problems.append(InvalidInput("Give a businessName, a label, or both", field=["input"]))
+    if problems:
+        raise ValidationFailed(problems)
+    return name, lab
 
 
 def fingerprint(business_name: str, label: str) -> str:

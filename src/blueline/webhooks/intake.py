@@ -1,9 +1,13 @@
-"""Webhook intake, independent of the web framework: verify, record, apply, answer.
+"""Webhook intake, independent of the web framework: verify, record, apply, decide the
+outcome (the route maps outcomes to HTTP).
 
 Every failure before verification succeeds (unknown setup, bad signature, stale
-timestamp) returns the same :data:`REJECTED` answer after the same work: an unknown
-setup is checked against a decoy secret that goes through the same vault decryption
-and HMAC as a real one, so neither the answer nor its timing tells accounts apart.
+timestamp, a closed setup) ends as :attr:`Outcome.REJECTED` after the same work: any path
+id, well-formed or not, costs one indexed lookup of one fixed-length key, and a miss is
+checked against a decoy secret that goes through the same vault decryption and HMAC as
+a real one. Nothing before verification depends on the id: the only rate limit charged
+then is the client address's budget for *rejections*, so a flood of forged deliveries
+spends its sender's budget and never a setup's.
 """
 
 from __future__ import annotations
@@ -14,22 +18,20 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Row, bindparam, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from blueline import ids
+from blueline.domain import ACTOR_PROVIDER, Origin
 from blueline.errors import DecryptionFailed
-from blueline.persistence.database import READ_ONLY, Database
-from blueline.persistence.models import IMessageSetup, SetupState, WebhookDelivery
+from blueline.events.publisher import Publisher
+from blueline.persistence.database import Database
 from blueline.persistence.types import utcnow
-from blueline.provisioning.assignment import AssignResult, assign_line
-from blueline.provisioning.service import webhook_secret_aad
+from blueline.persistence.webhooks import DeliveryStore
+from blueline.provisioning.assignment import Assigner, AssignResult
+from blueline.provisioning.lifecycle import Lifecycle
 from blueline.rate_limit import RateLimiter
-from blueline.security.vault import Vault
+from blueline.security.vault import Vault, webhook_secret_aad
 from blueline.webhooks import signature
 
 logger = logging.getLogger(__name__)
@@ -37,26 +39,20 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
 E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 DECOY_SETUP_ID = "ims_00000000000000000000000000"
-_SETUPS = IMessageSetup.__table__  # type: ignore[attr-defined]
-_DELIVERIES = WebhookDelivery.__table__  # type: ignore[attr-defined]
 
 
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    body: dict[str, Any]
-    outcome: str  # for metrics; never sent
-
-
-REJECTED = Answer(401, {"error": "unauthorized"}, "rejected")
-TOO_LARGE = Answer(413, {"error": "payload too large"}, "too_large")
-RATE_LIMITED = Answer(429, {"error": "too many requests"}, "rate_limited")
-MALFORMED = Answer(400, {"error": "malformed event"}, "malformed")
-ACCEPTED = Answer(200, {"status": "accepted"}, "accepted")
-DUPLICATE = Answer(200, {"status": "accepted"}, "duplicate")
-IGNORED = Answer(200, {"status": "ignored"}, "ignored")
-UNKNOWN_REQUEST = Answer(404, {"error": "unknown line request"}, "unknown_request")
-CONFLICT = Answer(409, {"error": "line already assigned to another number"}, "conflict")
+class Outcome(StrEnum):
+    REJECTED = "rejected"
+    TOO_LARGE = "too_large"
+    RATE_LIMITED = "rate_limited"
+    MALFORMED = "malformed"
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    IGNORED = "ignored"
+    UNKNOWN_REQUEST = "unknown_request"
+    CONFLICT = "conflict"
+    # A placement for a line already released: acknowledged, changes nothing.
+    RELEASED = "released"
 
 
 @dataclass(frozen=True)
@@ -70,7 +66,7 @@ def parse_event(body: bytes) -> tuple[str, Assignment | None] | None:
     """``(type, assignment)``; None when the body is not a well-formed event."""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         return None
@@ -88,36 +84,15 @@ def parse_event(body: bytes) -> tuple[str, Assignment | None] | None:
     return data["type"], Assignment(subaccount_id, request_id, number)
 
 
-_SECRET_LOOKUP = (
-    select(_SETUPS.c.id, _SETUPS.c.subaccount_id, _SETUPS.c.webhook_secret_enc)
-    .where(_SETUPS.c.id == bindparam("w_setup"))
-    .where(_SETUPS.c.state == SetupState.READY.value)
-)
-
-
-def _record_delivery_statement(postgresql: bool) -> Any:
-    """INSERT of the delivery log entry; the first record of a webhook-id stays, except
-    that one which named a request not yet known is updated once it applies."""
-    statement = (pg_insert if postgresql else sqlite_insert)(_DELIVERIES)
-    return statement.on_conflict_do_update(
-        index_elements=["setup_id", "webhook_id"],
-        set_={"outcome": statement.excluded.outcome},
-        where=_DELIVERIES.c.outcome == "unknown_request",
-    )
-
-
 class WebhookLimits:
-    """Per client address and per path setup id, the same for real and unknown setups."""
+    """Rejections per client address (charged only when a delivery fails verification)
+    and verified deliveries per setup (charged only after verification)."""
 
-    def __init__(self, per_client_per_s: float, per_setup_per_s: float) -> None:
-        self._clients = RateLimiter(per_client_per_s, burst=max(per_client_per_s * 2, 1))
-        self._setups = RateLimiter(per_setup_per_s, burst=max(per_setup_per_s * 2, 1))
-
-    def allow(self, client: str, setup_id: str) -> bool:
-        # Both buckets are always charged, so the answer does not depend on which ran out.
-        client_ok = self._clients.allow(client)
-        setup_ok = self._setups.allow(setup_id[:64])
-        return client_ok and setup_ok
+    def __init__(self, rejections_per_client_per_s: float, per_setup_per_s: float) -> None:
+        self.rejections = RateLimiter(
+            rejections_per_client_per_s, burst=max(rejections_per_client_per_s * 2, 1)
+        )
+        self.verified = RateLimiter(per_setup_per_s, burst=max(per_setup_per_s * 2, 1))
 
 
 class WebhookIntake:
@@ -125,49 +100,43 @@ class WebhookIntake:
         self,
         db: Database,
         vault: Vault,
-        on_applied: Callable[[], None] = lambda: None,
+        assigner: Assigner,
+        lifecycle: Lifecycle,
+        publisher: Publisher,
+        limits: WebhookLimits,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._db = db
         self._vault = vault
-        self._on_applied = on_applied
+        self._assigner = assigner
+        self._lifecycle = lifecycle
+        self._publisher = publisher
+        self._limits = limits
         self._clock = clock
-        self._record_delivery = _record_delivery_statement(db.is_postgresql)
+        self._store = DeliveryStore(db.dialect)
         self._decoy = vault.encrypt(
             signature.generate_secret(), aad=webhook_secret_aad(DECOY_SETUP_ID)
         )
 
-    async def _secret_of(self, conn: AsyncConnection, setup_id: str) -> tuple[Row[Any] | None, str]:
-        # A malformed id still costs one lookup (of the decoy), so it takes the same time.
-        lookup = setup_id if ids.prefix_of(setup_id) == ids.SETUP else DECOY_SETUP_ID
-        setup = (await conn.execute(_SECRET_LOOKUP, {"w_setup": lookup})).first()
-        # Close the read's implicit transaction: the apply opens its own.
-        await conn.rollback()
-        if setup is None or setup.webhook_secret_enc is None:
-            token, aad, setup = self._decoy, webhook_secret_aad(DECOY_SETUP_ID), None
-        else:
-            token, aad = setup.webhook_secret_enc, webhook_secret_aad(setup.id)
-        try:
-            return setup, self._vault.decrypt(token, aad=aad)
-        except DecryptionFailed:
-            logger.error("webhook secret of setup %s does not decrypt", setup_id)
-            return None, signature.generate_secret()
-
-    async def handle(self, setup_id: str, headers: Mapping[str, str | None], body: bytes) -> Answer:
+    async def handle(
+        self, setup_id: str, headers: Mapping[str, str | None], body: bytes, client: str
+    ) -> Outcome:
         if len(body) > MAX_BODY_BYTES:
-            return TOO_LARGE
-        # One pooled connection serves the lookup and the apply.
-        async with self._db.connect() as conn:
-            return await self._handle(conn, setup_id, headers, body)
-
-    async def _handle(
-        self,
-        conn: AsyncConnection,
-        setup_id: str,
-        headers: Mapping[str, str | None],
-        body: bytes,
-    ) -> Answer:
-        setup, secret = await self._secret_of(conn, setup_id)
+            return Outcome.TOO_LARGE
+        if not self._limits.rejections.has_tokens(client):
+            return Outcome.RATE_LIMITED
+        lookup = setup_id if _well_formed(setup_id) else DECOY_SETUP_ID
+        async with self._db.read() as conn:
+            found = await self._store.secret_of(conn, lookup)
+        if found is None or found.sealed_secret is None:
+            token, aad = self._decoy, webhook_secret_aad(DECOY_SETUP_ID)
+        else:
+            token, aad = found.sealed_secret, webhook_secret_aad(found.setup_id)
+        try:
+            secret = self._vault.decrypt(token, aad=aad)
+        except DecryptionFailed:
+            logger.error("the webhook secret of a setup does not decrypt")
+            found, secret = None, signature.generate_secret()
         verified = signature.verify(
             [secret],
             headers.get("webhook-id"),
@@ -176,26 +145,31 @@ class WebhookIntake:
             body,
             self._clock(),
         )
-        if not verified or setup is None:
-            return REJECTED
+        if not verified or found is None or found.sealed_secret is None:
+            self._limits.rejections.allow(client)
+            return Outcome.REJECTED
+        if not self._limits.verified.allow(found.setup_id):
+            return Outcome.RATE_LIMITED
         webhook_id = headers["webhook-id"]
         assert webhook_id is not None  # verified above
         parsed = parse_event(body)
         if parsed is None:
-            return MALFORMED
+            return Outcome.MALFORMED
         event_type, assignment = parsed
-        if assignment is not None and assignment.subaccount_id != setup.subaccount_id:
-            return MALFORMED
-        return await self._apply(conn, setup.id, webhook_id, event_type, assignment)
+        if assignment is not None and assignment.subaccount_id != found.subaccount_id:
+            return Outcome.MALFORMED
+        return await self._apply(
+            found.workspace_id, found.setup_id, webhook_id, event_type, assignment
+        )
 
     async def _apply(
         self,
-        conn: AsyncConnection,
+        workspace_id: str,
         setup_id: str,
         webhook_id: str,
         event_type: str,
         assignment: Assignment | None,
-    ) -> Answer:
+    ) -> Outcome:
         """Apply and record in one transaction.
 
         A re-delivery is evaluated again rather than looked up: assignments only move
@@ -203,36 +177,58 @@ class WebhookIntake:
         change, and a delivery that once named an unknown request is applied once the
         line exists.
         """
-        await conn.execution_options(**{READ_ONLY: False})
-        async with conn.begin():
-            result = (
-                await assign_line(conn, setup_id, assignment.request_id, assignment.phone_number)
-                if assignment is not None
-                else None
+        origin = Origin(ACTOR_PROVIDER, webhook_id[:64])
+        release_operation: str | None = None
+        now = utcnow()
+        async with self._db.write() as conn:
+            if assignment is None:
+                outcome = Outcome.IGNORED
+                events: list[Any] = []
+            else:
+                assigned = await self._assigner.assign(
+                    conn,
+                    workspace_id=workspace_id,
+                    setup_id=setup_id,
+                    request_id=assignment.request_id,
+                    phone_number=assignment.phone_number,
+                    origin=origin,
+                    now=now,
+                )
+                outcome = _OUTCOMES[assigned.result]
+                events = assigned.events
+                if assigned.result is AssignResult.RELEASED and assigned.line_id is not None:
+                    release_operation = await self._lifecycle.note_release_upstream(
+                        conn, setup_id, assigned.line_id, assignment.request_id, origin
+                    )
+            await self._store.record(
+                conn,
+                delivery_id=ids.new_id(ids.DELIVERY),
+                setup_id=setup_id,
+                webhook_id=webhook_id,
+                event_type=event_type[:64],
+                outcome=outcome.value,
+                now=now,
             )
-            await conn.execute(
-                self._record_delivery,
-                {
-                    "id": ids.new_id(ids.DELIVERY),
-                    "setup_id": setup_id,
-                    "webhook_id": webhook_id,
-                    "event_type": event_type[:64],
-                    "outcome": str(result) if result is not None else "ignored",
-                    "received_at": utcnow(),
-                },
-            )
-        if result is None:
-            return IGNORED
-        if result is AssignResult.APPLIED:
-            self._on_applied()
-            return ACCEPTED
-        if result is AssignResult.DUPLICATE:
-            return DUPLICATE
-        if result is AssignResult.CONFLICT:
+        await self._publisher.publish(events)
+        if release_operation is not None:
+            self._lifecycle.release_upstream_soon(release_operation, origin)
+        if outcome is Outcome.CONFLICT:
             logger.warning(
                 "conflicting assignment refused: setup %s request %s already has another number",
                 setup_id,
                 assignment.request_id if assignment else "",
             )
-            return CONFLICT
-        return UNKNOWN_REQUEST
+        return outcome
+
+
+_OUTCOMES = {
+    AssignResult.APPLIED: Outcome.ACCEPTED,
+    AssignResult.DUPLICATE: Outcome.DUPLICATE,
+    AssignResult.CONFLICT: Outcome.CONFLICT,
+    AssignResult.UNKNOWN_REQUEST: Outcome.UNKNOWN_REQUEST,
+    AssignResult.RELEASED: Outcome.RELEASED,
+}
+
+
+def _well_formed(setup_id: str) -> bool:
+    return ids.prefix_of(setup_id) == ids.SETUP
