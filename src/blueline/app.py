@@ -1,112 +1,58 @@
-"""The Litestar application: GraphQL, webhooks, health; the lifespan owns the runtime."""
+"""The Litestar application: GraphQL over HTTP and WebSocket, webhooks, health; the
+lifespan owns the runtime."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any
 
-from litestar import Litestar, MediaType, Request, Response, get
-from litestar.connection import ASGIConnection
+from litestar import Litestar, MediaType, Request, Response
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.enums import ScopeType
-from litestar.exceptions import NotAuthorizedException, TooManyRequestsException
-from litestar.handlers import BaseRouteHandler
+from litestar.exceptions import HTTPException, NotAuthorizedException, TooManyRequestsException
 from litestar.handlers.asgi_handlers import asgi
+from litestar.middleware import DefineMiddleware
 from litestar.types import Receive, Scope, Send
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from strawberry.exceptions import ConnectionRejectionError
-from strawberry.litestar import make_graphql_controller
-from strawberry.types.unset import UnsetType
 
-from blueline.observability.metrics import metrics
-from blueline.observability.request_id import request_id_middleware
+from blueline.api import responses
+from blueline.api.auth import ApiKeyAuthentication
+from blueline.api.http import failure, graphql_handlers
+from blueline.api.live import Runner
+from blueline.api.operations import healthz, prometheus_metrics, readyz
+from blueline.api.schema import build_schema
+from blueline.api.webhooks import receive_imessage_webhook
+from blueline.api.websocket import Sockets, websocket_handler
+from blueline.observability.request_id import current_request_id, request_id_middleware
+from blueline.rate_limit import RateLimiter
 from blueline.runtime import EMBEDDED_PROVIDER_PATH, Runtime, open_runtime
-from blueline.schema import build_schema
-from blueline.schema.context import Context, get_context
-from blueline.schema.websocket import pinging_handler
-from blueline.security.access import authenticate
-from blueline.settings import Settings
-from blueline.webhooks.routes import receive_imessage_webhook
-from blueline_sandbox import create_sandbox_app
+from blueline.settings import Settings, is_loopback_host
 
 logger = logging.getLogger(__name__)
 
-UNAUTHORIZED = "A valid API key is required: send `Authorization: Bearer <key>`"
+
+def _runtime(state: State) -> Runtime:
+    runtime: Runtime = state.runtime
+    return runtime
 
 
-async def require_api_key(
-    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
-) -> None:
-    """Authenticate every GraphQL HTTP request (WebSockets authenticate in connection_init)."""
-    if connection.scope["type"] == ScopeType.WEBSOCKET:
-        return
-    if connection.scope.get("method") == "GET" and "query" not in connection.query_params:
-        return  # the GraphiQL page itself; its queries carry the header
-    runtime: Runtime = connection.app.state["runtime"]
-    caller = await authenticate(runtime.db, connection.headers.get("authorization"))
-    if caller is None:
-        raise NotAuthorizedException(UNAUTHORIZED)
-    if not runtime.api_key_limits.allow(caller.api_key_id):
-        raise TooManyRequestsException("Too many requests for this API key; slow down")
-    cast(dict[str, Any], connection.scope).setdefault("state", {})["caller"] = caller
+def _runner(state: State) -> Runner:
+    runner: Runner = state.runner
+    return runner
 
 
-def graphql_controller(settings: Settings) -> type:
-    base = make_graphql_controller(
-        build_schema(production=settings.is_production),
-        path="/graphql",
-        context_getter=get_context,
-        graphql_ide=None if settings.is_production else "graphiql",
-        allow_queries_via_get=not settings.is_production,
-        # Legacy graphql-ws keep-alives; graphql-transport-ws pings come from the handler.
-        keep_alive=True,
-        keep_alive_interval=settings.ws_keep_alive_interval_s,
-    )
-
-    class GraphQLController(base):  # type: ignore[valid-type,misc]
-        guards = [require_api_key]
-        graphql_transport_ws_handler_class = pinging_handler(settings.ws_keep_alive_interval_s)
-
-        async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
-            params = context.connection_params or {}
-            header = params.get("Authorization") or params.get("authorization")
-            caller = await authenticate(
-                context.runtime.db, header if isinstance(header, str) else None
-            )
-            if caller is None:
-                raise ConnectionRejectionError({"message": UNAUTHORIZED})
-            context.caller = caller
-            return await super().on_ws_connect(context)  # type: ignore[no-any-return]
-
-    return GraphQLController
+def _sockets(state: State) -> Sockets:
+    sockets: Sockets = state.sockets
+    return sockets
 
 
-@get("/healthz", include_in_schema=False)
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+def embedded_provider_route(settings: Settings) -> tuple[Any, Litestar]:
+    from blueline_sandbox import create_sandbox_app
 
-
-@get("/readyz", include_in_schema=False)
-async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, str]]:
-    runtime: Runtime = request.app.state["runtime"]
-    checks: dict[str, str] = {}
-    for name, probe in (("database", runtime.db.ping), ("event_bus", runtime.bus.ping)):
-        try:
-            await probe()
-            checks[name] = "ok"
-        except Exception as exc:  # readiness reports any failure, it never raises
-            checks[name] = f"unavailable ({type(exc).__name__})"
-    ready = all(v == "ok" for v in checks.values())
-    return Response(checks, status_code=200 if ready else 503)
-
-
-@get("/metrics", include_in_schema=False, media_type=MediaType.TEXT)
-async def prometheus_metrics() -> Response[bytes]:
-    return Response(generate_latest(metrics().registry), media_type=CONTENT_TYPE_LATEST)
-
-
-def embedded_provider_route(settings: Settings) -> Any:
     sandbox = create_sandbox_app(
         settings.provider_api_key.get_secret_value(),
         auto_assign_after_s=settings.sandbox_auto_assign_after_s,
@@ -114,14 +60,92 @@ def embedded_provider_route(settings: Settings) -> Any:
 
     @asgi(EMBEDDED_PROVIDER_PATH, is_mount=True, copy_scope=True)
     async def embedded_provider(scope: Scope, receive: Receive, send: Send) -> None:
+        # The simulator shows every subaccount's secrets to whoever asks: only to this
+        # machine (serve also refuses to listen beyond loopback with it embedded).
+        client = scope.get("client")
+        if not client or not is_loopback_host(str(client[0])):
+            response = Response(b"", status_code=404)
+            await response.to_asgi_response(app=None, request=Request(scope))(scope, receive, send)
+            return
         await sandbox(scope, receive, send)
 
     return embedded_provider, sandbox
 
 
+def _is_graphql(request: Request[Any, Any, Any]) -> bool:
+    return request.url.path.startswith("/graphql")
+
+
+def _unauthorized(request: Request[Any, Any, Any], exc: NotAuthorizedException) -> Response[Any]:
+    return failure(
+        401, str(exc.detail), responses.UNAUTHENTICATED, headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+def _too_many(request: Request[Any, Any, Any], exc: TooManyRequestsException) -> Response[Any]:
+    return failure(429, str(exc.detail), responses.RATE_LIMITED, headers={"Retry-After": "1"})
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    if _is_graphql(request):
+        code = responses.PAYLOAD_TOO_LARGE if exc.status_code == 413 else responses.BAD_REQUEST
+        return failure(exc.status_code, str(exc.detail), code)
+    return Response(
+        {"status_code": exc.status_code, "detail": exc.detail},
+        status_code=exc.status_code,
+        media_type=MediaType.JSON,
+    )
+
+
+def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    request_id = current_request_id() or ""
+    logger.error("unexpected error answering %s", request.url.path, exc_info=exc)
+    if _is_graphql(request):
+        return failure(
+            500,
+            "Unexpected error. Quote the requestId when you report it.",
+            responses.INTERNAL,
+        )
+    return Response(
+        {"error": "internal error", "requestId": request_id},
+        status_code=500,
+        media_type=MediaType.JSON,
+    )
+
+
+def cors_config(settings: Settings) -> CORSConfig | None:
+    origins = list(settings.allowed_origins)
+    if not origins:
+        return None
+    return CORSConfig(
+        allow_origins=origins,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["authorization", "content-type", "accept", "x-request-id"],
+        expose_headers=["x-request-id", "retry-after"],
+        allow_credentials=False,
+        max_age=600,
+    )
+
+
 def create_app(settings: Settings) -> Litestar:
+    schema = build_schema(
+        production=settings.is_production, max_query_chars=settings.graphql_max_body_bytes
+    )
+    sockets = Sockets(settings)
+    auth_failures = RateLimiter(
+        settings.auth_failures_per_client_per_s,
+        burst=max(settings.auth_failures_per_client_per_s * 2, 1),
+    )
+    authenticate = DefineMiddleware(
+        ApiKeyAuthentication, failures=auth_failures, scopes={ScopeType.HTTP}
+    )
     handlers: list[Any] = [
-        graphql_controller(settings),
+        *graphql_handlers(
+            max_body_bytes=settings.graphql_max_body_bytes,
+            production=settings.is_production,
+            middleware=[authenticate],
+        ),
+        websocket_handler(settings.allowed_origins),
         receive_imessage_webhook,
         healthz,
         readyz,
@@ -135,20 +159,63 @@ def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with open_runtime(settings) as runtime:
-            app.state["runtime"] = runtime
+            app.state.runtime = runtime
+            app.state.runner = Runner(runtime, schema)
+            app.state.sockets = sockets
+            runtime.authenticator.on_revoked(sockets.revoked)
             await runtime.start_background()
-            if sandbox is not None:
-                async with sandbox.lifespan():
+            try:
+                if sandbox is not None:
+                    async with sandbox.lifespan():
+                        yield
+                else:
                     yield
-            else:
-                yield
+            finally:
+                sockets.closing()
+                await sockets.stop()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=handlers,
         lifespan=[lifespan],
-        middleware=[request_id_middleware],
+        dependencies={
+            "runtime": Provide(_runtime, sync_to_thread=False),
+            "runner": Provide(_runner, sync_to_thread=False),
+            "sockets": Provide(_sockets, sync_to_thread=False),
+        },
+        exception_handlers={
+            NotAuthorizedException: _unauthorized,
+            TooManyRequestsException: _too_many,
+            HTTPException: _http_error,
+            500: _internal,
+        },
+        cors_config=cors_config(settings),
         debug=False,
         openapi_config=None,
         # Logging is configured once by the process (CLI), not reconfigured per app.
         logging_config=None,
     )
+    # Outermost, so every answer (CORS preflights, errors from middleware) carries the
+    # request id and every log line of the request names it.
+    app.asgi_handler = request_id_middleware(app.asgi_handler)
+    return app
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """How `serve` runs uvicorn (the benchmarks run the app the same way)."""
+    proxies = settings.proxy_addresses
+    for proxy in proxies:
+        ipaddress.ip_network(proxy, strict=False)  # checked at start-up already
+    return {
+        "log_level": "warning",
+        "ws": "websockets-sansio",
+        # Line updates are small: compression costs more memory per socket (~34 KiB) and
+        # CPU per frame than it saves.
+        "ws_per_message_deflate": False,
+        # A GraphQL message over WebSocket has the same bound as a request body.
+        "ws_max_size": settings.graphql_max_body_bytes,
+        "timeout_graceful_shutdown": 10,
+        # X-Forwarded-For is believed only from the configured proxies (uvicorn would
+        # otherwise believe it from 127.0.0.1, letting any local client pick its address).
+        "proxy_headers": bool(proxies),
+        "forwarded_allow_ips": ",".join(proxies) if proxies else "",
+    }

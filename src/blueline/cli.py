@@ -1,15 +1,16 @@
 """``blueline`` command line: serve, migrate, api-keys, sandbox-provider, keys, reconcile,
-prune."""
+audit, prune, schema."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import ValidationError
 
@@ -20,16 +21,6 @@ if TYPE_CHECKING:
     from blueline.persistence.database import Database
 
 T = TypeVar("T")
-
-# How `serve` runs uvicorn (the benchmarks run the app the same way).
-UVICORN_OPTIONS: dict[str, Any] = {
-    "log_level": "warning",
-    "ws": "websockets-sansio",
-    # Line updates are small: compression costs more memory per socket (~34 KiB) and
-    # CPU per frame than it saves.
-    "ws_per_message_deflate": False,
-    "timeout_graceful_shutdown": 10,
-}
 
 
 def _settings(**overrides: object) -> Settings:
@@ -52,17 +43,17 @@ def _configure_logging() -> None:
 def _migrate(settings: Settings) -> None:
     from blueline.persistence.migrate import upgrade
 
-    upgrade(settings.database_url)
+    upgrade(settings.database_url.get_secret_value())
 
 
 def _on_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
     """Migrate, then run one piece of work on a database opened for it alone."""
     _migrate(settings)
 
-    from blueline.persistence.database import Database
+    from blueline.runtime import database_for
 
     async def run() -> T:
-        db = Database(settings.database_url)
+        db = database_for(settings)
         try:
             return await work(db)
         finally:
@@ -78,19 +69,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         overrides["port"] = args.port
     settings = _settings(**overrides)
-    problems = settings.production_problems()
+    problems = settings.problems()
     if problems:
+        where = " in production" if settings.is_production else ""
         for problem in problems:
-            print(f"refusing to start in production: {problem}", file=sys.stderr)
+            print(f"refusing to start{where}: {problem}", file=sys.stderr)
         return 2
     # Imported after the checks so a refusal is immediate.
     import uvicorn
 
-    from blueline.app import create_app
+    from blueline.app import create_app, uvicorn_options
     from blueline.runtime import load_vault
     from blueline.security.access import bootstrap_default_workspace
 
-    if settings.is_production and settings.database_url.startswith("sqlite"):
+    if settings.is_production and settings.database_url.get_secret_value().startswith("sqlite"):
         logging.getLogger("blueline").warning(
             "production on SQLite: use PostgreSQL (BLUELINE_DATABASE_URL=postgresql+asyncpg://…)"
         )
@@ -99,7 +91,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if key is not None:
         print(f"API key: {key}", flush=True)
     print(f"Blueline listening on http://{settings.host}:{settings.port}/graphql", flush=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, **UVICORN_OPTIONS)
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, **uvicorn_options(settings)
+    )
     return 0
 
 
@@ -134,10 +128,34 @@ def cmd_api_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_api_keys_revoke(args: argparse.Namespace) -> int:
-    from blueline.security.access import revoke_api_key
+    from blueline.security.access import REVOKED_MESSAGE, revoke_api_key
 
-    _on_database(_settings(), lambda db: revoke_api_key(db, args.key_id))
-    print(f"revoked {args.key_id}: refused from the next request or operation on")
+    settings = _settings()
+    _on_database(settings, lambda db: revoke_api_key(db, args.key_id))
+    if settings.redis_url_value:
+        # Every API process hears it at once (they also poll the database, so a
+        # process away from Redis still stops the key within about a second).
+        from blueline.events.bus import CONTROL_CHANNEL
+
+        async def announce() -> None:
+            import redis.asyncio as aioredis
+
+            client = aioredis.Redis.from_url(settings.redis_url_value or "", socket_timeout=2)
+            try:
+                await client.publish(
+                    CONTROL_CHANNEL, json.dumps({"type": REVOKED_MESSAGE, "key_id": args.key_id})
+                )
+            finally:
+                await client.aclose()
+
+        try:
+            asyncio.run(announce())
+        except Exception as exc:  # the database poll still reaches every process
+            print(
+                f"warning: could not announce the revocation on Redis ({type(exc).__name__})",
+                file=sys.stderr,
+            )
+    print(f"revoked {args.key_id}: refused everywhere within about a second")
     return 0
 
 
@@ -174,20 +192,61 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     _migrate(settings)
 
     async def run() -> str:
-        async with open_runtime(settings) as runtime:
-            report = await runtime.provisioning.reconcile(args.min_age)
-            if settings.redis_url:
-                # Publish what this pass committed; without Redis the API process's
-                # relay picks the events up from the outbox.
-                while await runtime.relay.pass_once():
-                    pass
+        async with open_runtime(settings, command=True) as runtime:
+            if settings.redis_url_value:
+                # Events this pass commits are published as it commits them; without
+                # Redis the API process's sweep publishes them from the log.
+                await runtime.bus.start()
+            report = await runtime.reconcile(args.min_age)
+            await runtime.lifecycle.wait_background()
             return (
                 f"setups completed: {report.completed}, failed: {report.failed}, "
                 f"discarded: {report.discarded}, deferred: {report.deferred}; "
-                f"lines assigned: {report.lines_assigned}"
+                f"lines assigned: {report.lines_assigned}, adopted: {report.lines_adopted}, "
+                f"released: {report.lines_released}; setups synced: {report.setups_synced}; "
+                f"operations finished: {report.operations_finished}"
             )
 
     print(asyncio.run(run()))
+    return 0
+
+
+def cmd_audit_verify(_args: argparse.Namespace) -> int:
+    from blueline.audit import verify
+    from blueline.runtime import load_vault
+
+    settings = _settings()
+    vault = load_vault(settings)
+    result = _on_database(settings, lambda db: verify(db, vault))
+    if result.broken is not None:
+        print(f"audit chain broken: {result.broken}")
+        return 1
+    print(f"audit chain intact: {result.records} record(s) in {result.workspaces} workspace(s)")
+    return 0
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from blueline.audit import export
+
+    since = None
+    if args.since is not None:
+        try:
+            since = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
+        except ValueError:
+            print(f"error: --since {args.since!r} is not an ISO 8601 time", file=sys.stderr)
+            return 2
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+
+    async def write(db: Database) -> int:
+        count = 0
+        async for line in export(db, since=since, workspace=args.workspace):
+            sys.stdout.write(line + "\n")
+            count += 1
+        return count
+
+    _on_database(_settings(), write)
+    sys.stdout.flush()
     return 0
 
 
@@ -200,7 +259,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from blueline.schema import build_schema
+    from blueline.api.schema import build_schema
 
     sdl = build_schema().as_str() + "\n"
     if args.output == "-":
@@ -249,6 +308,17 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile = commands.add_parser("reconcile", help="one recovery and reconciliation pass")
     reconcile.add_argument("--min-age", type=float, default=0.0, metavar="SECONDS")
     reconcile.set_defaults(func=cmd_reconcile)
+
+    audit = commands.add_parser("audit", help="check or export the audit trail")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    audit_verify = audit_commands.add_parser(
+        "verify", help="recompute the hash chain; exit 1 naming the first bad record"
+    )
+    audit_verify.set_defaults(func=cmd_audit_verify)
+    audit_export = audit_commands.add_parser("export", help="write records as JSON lines")
+    audit_export.add_argument("--since", default=None, metavar="ISO")
+    audit_export.add_argument("--workspace", default=None, metavar="NAME")
+    audit_export.set_defaults(func=cmd_audit_export)
 
     prune = commands.add_parser(
         "prune", help="delete webhook deliveries and published events older than DAYS (>= 7)"

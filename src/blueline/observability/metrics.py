@@ -81,3 +81,32 @@ def observe_provider_call(operation: str, outcome: str, seconds: float) -> None:
     m = metrics()
     m.provider_calls.labels(operation, outcome).inc()
     m.provider_seconds.labels(operation).observe(seconds)
+
+
+# Operation names come from clients: each API key may name at most this many distinct
+# labels (then its others count as "other"), and the process keeps at most _MAX_LABELS,
+# so no caller can grow the metrics or push another caller's names out.
+_PER_KEY_LABELS = 20
+_MAX_LABELS = 1000
+_labels_by_key: dict[str, set[str]] = {}
+_all_labels: set[str] = set()
+
+
+def operation_label(key_id: str, name: str | None) -> str:
+    label = (name or "anonymous")[:64]
+    mine = _labels_by_key.setdefault(key_id, set())
+    if label in mine:
+        return label
+    if len(mine) >= _PER_KEY_LABELS or (
+        label not in _all_labels and len(_all_labels) >= _MAX_LABELS
+    ):
+        return "other"
+    mine.add(label)
+    _all_labels.add(label)
+    if len(_labels_by_key) > 10_000:
+        _labels_by_key.clear()
+    return label
+
+
+def record_operation(key_id: str, name: str | None, outcome: str) -> None:
+    metrics().graphql_requests.labels(operation_label(key_id, name), outcome).inc()

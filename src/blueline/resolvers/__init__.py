@@ -1,1 +1,1 @@
-"""Query, mutation and subscription resolvers: parse, call the domain, map to types."""
+"""Root resolvers: parse arguments, call the domain, answer from read-model records."""

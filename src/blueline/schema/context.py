@@ -1,76 +1,45 @@
-"""Per-request (HTTP) or per-connection (WebSocket) GraphQL context.
+"""The GraphQL context: who is asking, through what, on behalf of which request.
 
-The context holds no database session: each resolver opens a short one, so a socket
-that idles holds no connection. Loaders do not cache, because on a WebSocket one
-context serves every operation of the connection.
+One per HTTP request, and one per WebSocket *operation* (never shared between
+operations, and holding no database session: resolvers open short ones, so an idle
+subscription holds no connection).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from graphql import GraphQLError
-from litestar.datastructures import State
-from strawberry.dataloader import DataLoader
-from strawberry.litestar import BaseContext
 from strawberry.types import Info
 
-from blueline.persistence import queries
-from blueline.persistence.models import PhoneLine
-from blueline.runtime import Runtime
-from blueline.security.access import Caller, still_active
+from blueline.domain import Origin, api_key_actor
+from blueline.security.access import Caller
+
+if TYPE_CHECKING:
+    from blueline.runtime import Runtime
+
+UNAUTHENTICATED = "UNAUTHENTICATED"
 
 
-class Context(BaseContext, kw_only=True):
+@dataclass
+class Context:
     runtime: Runtime
-    caller: Caller | None = None
-    connection_params: dict[str, Any] | None = None
-    lines_loader: DataLoader[str, list[PhoneLine]] | None = None
+    caller: Caller | None
+    request_id: str | None = None
+    transport: str = "http"
 
-    async def authorize(self) -> str:
-        """The caller's workspace, checked for this operation.
-
-        HTTP requests were authenticated and rate limited by the route guard. A
-        WebSocket authenticated once at connection_init, so each operation re-checks
-        that its key is still active and within its rate.
-        """
-        if self.websocket is not None and self.caller is not None:
-            if not await still_active(self.runtime.db, self.caller):
-                raise GraphQLError("This API key has been revoked")
-            if not self.runtime.api_key_limits.allow(self.caller.api_key_id):
-                raise GraphQLError("Too many requests for this API key; slow down")
-        return self.workspace_id()
-
-    async def recheck(self) -> None:
-        """Between events of a long-running stream: is the key still active?"""
-        if self.caller is not None and not await self.runtime.key_status.active(self.caller):
-            raise GraphQLError("This API key has been revoked")
-
+    @property
     def workspace_id(self) -> str:
-        caller = self.caller
-        if caller is None and self.request is not None:
-            caller = self.request.scope.get("state", {}).get("caller")
-        if caller is None:
-            # The HTTP guard and the WebSocket handshake both authenticate first; this
-            # is a programming error, never a client's.
-            raise PermissionError("unauthenticated")
-        return caller.workspace_id
+        if self.caller is None:
+            # The transports authenticate first; the permission below refuses otherwise.
+            raise GraphQLError("A valid API key is required", extensions={"code": UNAUTHENTICATED})
+        return self.caller.workspace_id
 
-    def lines(self) -> DataLoader[str, list[PhoneLine]]:
-        if self.lines_loader is None:
-            runtime, workspace_id = self.runtime, self.workspace_id()
-
-            async def load(setup_ids: list[str]) -> list[list[PhoneLine]]:
-                async with runtime.db.session() as session:
-                    grouped = await queries.lines_for_setups(session, workspace_id, setup_ids)
-                return [grouped.get(setup_id, []) for setup_id in setup_ids]
-
-            self.lines_loader = DataLoader(load_fn=load, cache=False)
-        return self.lines_loader
+    @property
+    def origin(self) -> Origin:
+        actor = api_key_actor(self.caller.api_key_id) if self.caller else "anonymous"
+        return Origin(actor, self.request_id)
 
 
-async def get_context(state: State) -> Context:
-    return Context(runtime=state["runtime"])
-
-
-AppInfo = Info[Context, None]
+AppInfo = Info[Context, Any]

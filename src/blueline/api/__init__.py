@@ -1,0 +1,1 @@
+"""The transport boundary: GraphQL over HTTP and WebSocket, webhooks, health, metrics."""

@@ -1,0 +1,338 @@
+"""GraphQL documents, parsed and validated once, under bounds that hold for any input.
+
+Every document a client sends, over HTTP or WebSocket, goes through
+:meth:`DocumentCache.prepare` before anything executes it:
+
+1. its size and token count are bounded by the parser itself;
+2. its *expanded* cost (fields, aliases, depth, mutation fields) is measured by one
+   walk that memoises each fragment, so the work is linear in the document's size:
+   a fragment used twice by each of 39 nested fragments expands to 2^39 fields and is
+   refused in microseconds rather than walked for minutes;
+3. only then does graphql-core validate it (without suggestions in production).
+
+Results are cached by the SHA-256 of the text, never by the text itself, and the cache
+is bounded by an estimate of the memory it holds, so a flood of distinct documents only
+evicts. Cached documents are parsed without locations (a located AST keeps its whole
+source alive); an invalid document is parsed again with locations to word its errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    GraphQLSchema,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    OperationType,
+    SelectionSetNode,
+    parse,
+    specified_rules,
+    validate,
+)
+from graphql.execution.values import get_variable_values
+from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule
+
+MAX_TOKENS = 2000
+MAX_DEPTH = 10
+# The standard introspection query (GraphiQL's) nests `ofType` nine levels under
+# `__schema { types { fields { type …`; introspection answers only describe the schema,
+# but nesting them still multiplies the answer, so they get a bound of their own.
+MAX_INTROSPECTION_DEPTH = 16
+MAX_ALIASES = 30
+MAX_FIELDS = 1000
+MAX_MUTATION_FIELDS = 10
+MAX_VALIDATION_ERRORS = 20
+
+# Error codes a client can branch on (``extensions.code``).
+PARSE_FAILED = "GRAPHQL_PARSE_FAILED"
+VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
+BAD_USER_INPUT = "BAD_USER_INPUT"
+
+_INTROSPECTION_ROOTS = frozenset({"__schema", "__type"})
+# Rough bytes of memory per AST node of a location-free document, for the cache budget.
+_BYTES_PER_NODE = 400
+
+
+def coded(error: GraphQLError, code: str) -> GraphQLError:
+    extensions = dict(error.extensions or {})
+    extensions.setdefault("code", code)
+    return GraphQLError(
+        error.message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        original_error=error.original_error,
+        extensions=extensions,
+    )
+
+
+# ------------------------------------------------------------------------------ cost
+
+
+@dataclass(frozen=True)
+class Cost:
+    fields: int = 0
+    aliases: int = 0
+    depth: int = 0
+    introspection_depth: int = 0
+    root_fields: int = 0
+
+
+class CostWalker:
+    """Expanded size of an operation, in time linear in the document (fragments are
+    measured once each). ``visited`` counts the selections it looked at."""
+
+    def __init__(self, fragments: dict[str, FragmentDefinitionNode]) -> None:
+        self._fragments = fragments
+        self._memo: dict[str, Cost] = {}
+        self._active: set[str] = set()
+        self.visited = 0
+
+    def selection_set(self, node: SelectionSetNode | None) -> Cost:
+        if node is None:
+            return Cost()
+        fields = aliases = depth = intro = roots = 0
+        for selection in node.selections:
+            self.visited += 1
+            if isinstance(selection, FieldNode):
+                child = self.selection_set(selection.selection_set)
+                fields += 1 + child.fields
+                aliases += (1 if selection.alias else 0) + child.aliases
+                roots += 1
+                if selection.name.value in _INTROSPECTION_ROOTS:
+                    intro = max(intro, 1 + max(child.depth, child.introspection_depth))
+                else:
+                    depth = max(depth, 1 + child.depth)
+                    intro = max(intro, child.introspection_depth)
+                continue
+            if isinstance(selection, FragmentSpreadNode):
+                inner = self._fragment(selection.name.value)
+            elif isinstance(selection, InlineFragmentNode):
+                inner = self.selection_set(selection.selection_set)
+            else:  # pragma: no cover - graphql-core has no other selection kinds
+                continue
+            fields += inner.fields
+            aliases += inner.aliases
+            depth = max(depth, inner.depth)
+            intro = max(intro, inner.introspection_depth)
+            roots += inner.root_fields
+        return Cost(fields, aliases, depth, intro, roots)
+
+    def _fragment(self, name: str) -> Cost:
+        known = self._memo.get(name)
+        if known is not None:
+            return known
+        definition = self._fragments.get(name)
+        if definition is None or name in self._active:
+            return Cost()  # unknown or cyclic: validation reports it
+        self._active.add(name)
+        cost = self.selection_set(definition.selection_set)
+        self._active.discard(name)
+        self._memo[name] = cost
+        return cost
+
+
+def _cost_errors(
+    document: DocumentNode,
+) -> tuple[list[GraphQLError], int, int, dict[str | None, int]]:
+    """Errors for operations over a bound; the selections visited and the nodes held
+    (for the cache's memory estimate); each operation's root fields, fragments
+    expanded (a mutation request is charged one rate-limit token per field)."""
+    fragments = {
+        d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
+    }
+    walker = CostWalker(fragments)
+    errors: list[GraphQLError] = []
+    roots: dict[str | None, int] = {}
+    for definition in document.definitions:
+        if not isinstance(definition, OperationDefinitionNode):
+            continue
+        cost = walker.selection_set(definition.selection_set)
+        roots[definition.name.value if definition.name else None] = cost.root_fields
+        problems = []
+        if cost.fields > MAX_FIELDS:
+            problems.append(
+                f"it selects {cost.fields} fields once fragments are expanded "
+                f"(at most {MAX_FIELDS})"
+            )
+        if cost.depth > MAX_DEPTH:
+            problems.append(f"it is {cost.depth} levels deep (at most {MAX_DEPTH})")
+        if cost.introspection_depth > MAX_INTROSPECTION_DEPTH:
+            problems.append(
+                f"its introspection is {cost.introspection_depth} levels deep "
+                f"(at most {MAX_INTROSPECTION_DEPTH})"
+            )
+        if cost.aliases > MAX_ALIASES:
+            problems.append(f"it uses {cost.aliases} aliases (at most {MAX_ALIASES})")
+        if (
+            definition.operation == OperationType.MUTATION
+            and cost.root_fields > MAX_MUTATION_FIELDS
+        ):
+            problems.append(
+                f"it runs {cost.root_fields} mutations (at most {MAX_MUTATION_FIELDS} per request)"
+            )
+        if problems:
+            name = definition.name.value if definition.name else "anonymous"
+            errors.append(
+                GraphQLError(
+                    f"Operation '{name}' is too large: " + "; ".join(problems) + ".",
+                    extensions={"code": VALIDATION_FAILED},
+                )
+            )
+    return errors, walker.visited, walker.visited + len(fragments), roots
+
+
+# ----------------------------------------------------------------------- documents
+
+
+@dataclass
+class Prepared:
+    """A parsed document and its verdict. ``errors`` empty means valid."""
+
+    digest: bytes
+    document: DocumentNode | None
+    errors: list[GraphQLError]
+    estimated_bytes: int
+    visited: int = 0
+    root_fields: dict[str | None, int] = field(default_factory=dict)
+    # Filled by the planner, per operation name (and skip/include values).
+    plans: dict[Any, Any] = field(default_factory=dict)
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors and self.document is not None
+
+    def operation(self, name: str | None) -> OperationDefinitionNode | None:
+        """The operation to run, as graphql-core picks it (None when ambiguous/unknown)."""
+        if self.document is None:
+            return None
+        operations = [
+            d for d in self.document.definitions if isinstance(d, OperationDefinitionNode)
+        ]
+        if name is None:
+            return operations[0] if len(operations) == 1 else None
+        for operation in operations:
+            if operation.name is not None and operation.name.value == name:
+                return operation
+        return None
+
+
+def digest_of(query: str) -> bytes:
+    return hashlib.sha256(query.encode("utf-8", "surrogatepass")).digest()
+
+
+class DocumentCache:
+    def __init__(
+        self,
+        schema: GraphQLSchema,
+        *,
+        production: bool,
+        extra_rules: Sequence[type[ASTValidationRule]] = (),
+        max_query_chars: int = 64 * 1024,
+        max_bytes: int = 32 * 1024 * 1024,
+        max_entries: int = 5000,
+    ) -> None:
+        self._schema = schema
+        self.hide_suggestions = production
+        rules = [*specified_rules, *extra_rules]
+        if production:
+            rules.append(NoSchemaIntrospectionCustomRule)
+        self._rules = tuple(rules)
+        self._max_query_chars = max_query_chars
+        self._max_bytes = max_bytes
+        self._max_entries = max_entries
+        self._entries: OrderedDict[bytes, Prepared] = OrderedDict()
+        self._bytes = 0
+
+    @property
+    def held_bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def prepare(self, query: str) -> Prepared:
+        digest = digest_of(query)
+        found = self._entries.get(digest)
+        if found is not None:
+            self._entries.move_to_end(digest)
+            return found
+        prepared = self._prepare(query, digest)
+        self._remember(prepared)
+        return prepared
+
+    def _parse(self, query: str, *, located: bool) -> DocumentNode:
+        return parse(
+            query,
+            no_location=not located,
+            max_lexical_tokens=MAX_TOKENS,
+            max_comments=MAX_TOKENS,
+            max_source_length=self._max_query_chars,
+        )
+
+    def _prepare(self, query: str, digest: bytes) -> Prepared:
+        estimate = len(query)
+        try:
+            document = self._parse(query, located=False)
+        except GraphQLError:
+            try:
+                self._parse(query, located=True)
+            except GraphQLError as located_error:
+                return Prepared(digest, None, [coded(located_error, PARSE_FAILED)], estimate)
+            raise  # pragma: no cover - both parses see the same text
+        errors, visited, nodes, roots = _cost_errors(document)
+        estimate += nodes * _BYTES_PER_NODE
+        if errors:
+            return Prepared(digest, None, errors, estimate, visited)
+        errors = self._validate(document)
+        if errors:
+            # Word the errors with their positions in the text.
+            located = self._parse(query, located=True)
+            errors = [coded(e, VALIDATION_FAILED) for e in self._validate(located)]
+            return Prepared(digest, None, errors, estimate, visited)
+        return Prepared(digest, document, [], estimate, visited, roots)
+
+    def _validate(self, document: DocumentNode) -> list[GraphQLError]:
+        return validate(
+            self._schema,
+            document,
+            self._rules,
+            max_errors=MAX_VALIDATION_ERRORS,
+            hide_suggestions=self.hide_suggestions,
+        )
+
+    def _remember(self, prepared: Prepared) -> None:
+        if prepared.estimated_bytes > self._max_bytes:
+            return
+        self._entries[prepared.digest] = prepared
+        self._bytes += prepared.estimated_bytes
+        while self._bytes > self._max_bytes or len(self._entries) > self._max_entries:
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= evicted.estimated_bytes
+
+    def coerce_variables(
+        self, operation: OperationDefinitionNode, variables: dict[str, Any] | None
+    ) -> tuple[dict[str, Any], list[GraphQLError]]:
+        """The operation's variables as graphql-core will see them, or their errors
+        (worded without suggestions in production)."""
+        result = get_variable_values(
+            self._schema,
+            operation.variable_definitions or (),
+            variables or {},
+            max_errors=MAX_VALIDATION_ERRORS,
+            hide_suggestions=self.hide_suggestions,
+        )
+        if isinstance(result, list):
+            return {}, [coded(e, BAD_USER_INPUT) for e in result]
+        return result.coerced, []

@@ -1,0 +1,250 @@
+"""GraphQL over HTTP: ``POST /graphql`` (and, in development, ``GET`` queries and the
+GraphiQL page), subscriptions over ``multipart/mixed`` for clients without WebSockets.
+
+Every request-level failure answers with a GraphQL-shaped body and a stable
+``extensions.code`` (never a framework's own error format), logged once with the
+request id. Requests are authenticated before they get here (``api.auth``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import msgspec
+from graphql import OperationType
+from litestar import MediaType, Request, Response, get, post
+from litestar.exceptions import ClientException
+from litestar.response import Stream
+from strawberry.http.streaming import MultipartSubscriptionTransport, merge_stream_with_heartbeat
+
+from blueline import graphiql
+from blueline.api import responses
+from blueline.api.live import LiveEnd, Operation, Runner
+from blueline.observability.metrics import record_operation
+from blueline.observability.request_id import current_request_id
+from blueline.security.access import Caller
+
+logger = logging.getLogger("blueline.graphql")
+
+GRAPHQL_PATH = "/graphql"
+_MULTIPART = MultipartSubscriptionTransport()
+SUBSCRIBE_HOW = (
+    "Subscriptions need a stream: open a WebSocket to /graphql (graphql-transport-ws or "
+    "graphql-ws), or POST with `Accept: multipart/mixed;subscriptionSpec=1.0`"
+)
+
+
+class GraphQLRequest(msgspec.Struct, forbid_unknown_fields=False):
+    query: str | None = None
+    variables: dict[str, Any] | None = None
+    operationName: str | None = None
+    extensions: dict[str, Any] | None = None
+
+
+def failure(
+    status: int, message: str, code: str, *, headers: dict[str, str] | None = None
+) -> Response[bytes]:
+    """A request-level failure, logged once with the id the client also gets."""
+    request_id = current_request_id()
+    logger.info("graphql request refused: %s (%s)", code, message)
+    extra = {"requestId": request_id} if request_id else {}
+    return Response(
+        responses.errors_body(responses.error(message, code, **extra)),
+        status_code=status,
+        media_type=MediaType.JSON,
+        headers=headers,
+    )
+
+
+def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response[bytes]:
+    return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers)
+
+
+def unavailable() -> Response[bytes]:
+    return failure(
+        503,
+        "The service is briefly unavailable; retry shortly",
+        responses.UNAVAILABLE,
+        headers={"Retry-After": "1"},
+    )
+
+
+def _caller(request: Request[Any, Any, Any]) -> Caller:
+    caller = request.scope.get("auth")
+    assert isinstance(caller, Caller)  # api.auth ran first
+    return caller
+
+
+async def _run(
+    request: Request[Any, Any, Any], runner: Runner, payload: GraphQLRequest, *, via_get: bool
+) -> Response[Any]:
+    if not payload.query:
+        return failure(400, "No GraphQL query found in the request", responses.BAD_REQUEST)
+    prepared = runner.prepare(payload.query, payload.operationName, payload.variables)
+    caller = _caller(request)
+    if not isinstance(prepared, Operation):
+        record_operation(caller.api_key_id, payload.operationName, "error")
+        return _json(responses.encode({"errors": prepared}))
+    op = prepared
+    if via_get and op.kind != OperationType.QUERY:
+        return failure(405, "Only queries may be sent with GET", responses.METHOD_NOT_ALLOWED)
+    if op.kind == OperationType.SUBSCRIPTION and not _MULTIPART.accepts(
+        request.headers.get("accept", "")
+    ):
+        return failure(400, SUBSCRIBE_HOW, responses.SUBSCRIPTION_TRANSPORT)
+    runtime = runner.runtime
+    if not runtime.api_key_limits.allow(caller.api_key_id, op.cost):
+        return failure(
+            429,
+            "Too many requests for this API key; slow down",
+            responses.RATE_LIMITED,
+            headers={"Retry-After": "1"},
+        )
+    if op.kind == OperationType.SUBSCRIPTION:
+        return _multipart(runner, op, caller)
+    body, storage_down = await runner.execute(op, caller, current_request_id())
+    record_operation(caller.api_key_id, op.name, "unavailable" if storage_down else "ok")
+    if storage_down:
+        return unavailable()
+    return _json(body)
+
+
+def _multipart(runner: Runner, op: Operation, caller: Caller) -> Response[Any]:
+    request_id = current_request_id()
+
+    async def parts() -> AsyncGenerator[str, None]:
+        try:
+            async for text in runner.subscribe(op, caller, request_id, "multipart"):
+                yield _MULTIPART.encode_next(_Raw(text), _raw_json)  # type: ignore[arg-type]
+        except LiveEnd as ended:
+            yield _MULTIPART.encode_multipart_data(
+                {"payload": {"errors": ended.errors}}, _json_text
+            )
+        yield _MULTIPART.encode_complete()
+
+    stream = merge_stream_with_heartbeat(
+        parts,
+        lambda: _MULTIPART.heartbeat_message(_json_text),
+        interval=_MULTIPART.heartbeat_interval,
+        send_initial_heartbeat=True,
+    )
+    return Stream(stream(), headers=dict(_MULTIPART.headers))
+
+
+class _Raw:
+    """An update payload that is already JSON text (compiled subscriptions render once
+    per event for every subscriber)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _raw_json(value: object) -> str:
+    if isinstance(value, dict):
+        payload = value.get("payload")
+        if isinstance(payload, _Raw):
+            return '{"payload":' + payload.text + "}"
+    return _json_text(value)
+
+
+def _json_text(value: object) -> str:
+    return responses.encode(value).decode()
+
+
+def graphql_handlers(*, max_body_bytes: int, production: bool, middleware: list[Any]) -> list[Any]:
+    @post(
+        GRAPHQL_PATH,
+        request_max_body_size=max_body_bytes,
+        status_code=200,
+        middleware=middleware,
+    )
+    async def graphql_post(request: Request[Any, Any, Any], runner: Runner) -> Response[Any]:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in (responses.JSON, responses.GRAPHQL_RESPONSE_JSON):
+            return failure(
+                415,
+                "Send GraphQL as JSON: Content-Type: application/json",
+                responses.UNSUPPORTED_MEDIA_TYPE,
+            )
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_body_bytes:
+            return _too_large(max_body_bytes)
+        try:
+            body = await request.body()
+        except ClientException:
+            return _too_large(max_body_bytes)
+        try:
+            payload = msgspec.json.decode(body, type=GraphQLRequest)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return failure(
+                400, f"The body is not a GraphQL request: {_reason(exc)}", responses.BAD_REQUEST
+            )
+        except RecursionError:
+            return failure(400, "The body nests too deeply", responses.BAD_REQUEST)
+        return await _run(request, runner, payload, via_get=False)
+
+    @get(GRAPHQL_PATH, middleware=middleware)
+    async def graphql_get(request: Request[Any, Any, Any], runner: Runner) -> Response[Any]:
+        if "query" not in request.query_params:
+            if not production and _wants_html(request):
+                return Response(
+                    graphiql.render_page(GRAPHQL_PATH),
+                    media_type=MediaType.HTML,
+                    headers={"Content-Security-Policy": graphiql.CONTENT_SECURITY_POLICY},
+                )
+            return failure(
+                405 if production else 400,
+                "Send GraphQL in a POST" if production else "No GraphQL query found in the request",
+                responses.METHOD_NOT_ALLOWED if production else responses.BAD_REQUEST,
+            )
+        if production:
+            return failure(405, "Send GraphQL in a POST", responses.METHOD_NOT_ALLOWED)
+        params = request.query_params
+        try:
+            variables = (
+                msgspec.json.decode(params["variables"]) if params.get("variables") else None
+            )
+        except (msgspec.DecodeError, RecursionError):
+            return failure(400, "`variables` is not JSON", responses.BAD_REQUEST)
+        if variables is not None and not isinstance(variables, dict):
+            return failure(400, "`variables` must be an object", responses.BAD_REQUEST)
+        payload = GraphQLRequest(
+            query=params.get("query"),
+            variables=variables,
+            operationName=params.get("operationName"),
+        )
+        return await _run(request, runner, payload, via_get=True)
+
+    handlers: list[Any] = [graphql_post, graphql_get]
+    if not production:
+
+        @get(f"{graphiql.ASSET_PATH}/{{name:str}}", include_in_schema=False)
+        async def graphiql_asset(name: str) -> Response[bytes]:
+            found = graphiql.asset(name)
+            if found is None:
+                return Response(b"", status_code=404)
+            content, media_type = found
+            return Response(
+                content, media_type=media_type, headers={"Cache-Control": "max-age=3600"}
+            )
+
+        handlers.append(graphiql_asset)
+    return handlers
+
+
+def _wants_html(request: Request[Any, Any, Any]) -> bool:
+    accept = request.headers.get("accept", "")
+    return "text/html" in accept
+
+
+def _too_large(limit: int) -> Response[bytes]:
+    return failure(413, f"The request is over {limit} bytes", responses.PAYLOAD_TOO_LARGE)
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    return text[:200] if text else type(exc).__name__

@@ -1,0 +1,426 @@
+"""GraphQL over WebSocket: ``graphql-transport-ws`` and the legacy ``graphql-ws``, with
+the same rules on both.
+
+- The handshake is refused (403) for a page on an origin not in ``CORS_ORIGINS``;
+  sockets beyond the per-process or per-address cap are closed at once with 1013.
+- ``connection_init`` must arrive within ``ws_init_timeout_s`` (else 4408) and only
+  once (else 4429). Its payload carries the key as ``Authorization``, ``authorization``
+  or ``headers.Authorization``; a refused key closes with 4403 and says what to send.
+- Messages are bounded by the server (``ws_max_size``); operations per socket are
+  bounded; each operation is charged to the key's rate limit.
+- A revoked key closes its sockets with 4403 wherever they are; shutdown closes with
+  1012 and a slow consumer with 4500 (both: reconnect with ``after``).
+- Pings come from one ticker for every socket, not a task per socket, and every task a
+  socket starts ends with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from graphql import OperationType
+from litestar import WebSocket, websocket
+from litestar.exceptions import WebSocketDisconnect
+
+from blueline.api import responses
+from blueline.api.live import LiveEnd, Operation, Runner
+from blueline.observability.metrics import record_operation
+from blueline.observability.request_id import current_request_id
+from blueline.security.access import Caller
+from blueline.settings import Settings, normalize_origin
+
+logger = logging.getLogger("blueline.ws")
+
+TRANSPORT_WS = "graphql-transport-ws"
+LEGACY_WS = "graphql-ws"
+PROTOCOLS = (TRANSPORT_WS, LEGACY_WS)
+
+CLOSE_TRY_AGAIN = 1013
+CLOSE_BAD_MESSAGE = 4400
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_SUBPROTOCOL = 4406
+CLOSE_INIT_TIMEOUT = 4408
+CLOSE_DUPLICATE_ID = 4409
+CLOSE_TOO_MANY_INITS = 4429
+CLOSE_RESTART = 1012
+
+# Close reasons are at most 123 bytes.
+FORBIDDEN_REASON = (
+    'Forbidden: send connection_init with payload {"Authorization": "Bearer <api key>"}'
+)
+MAX_OPERATION_ID = 128
+
+
+def key_from(payload: Any) -> str | None:
+    """The bearer value in a connection_init payload, wherever clients put it."""
+    if not isinstance(payload, dict):
+        return None
+    for candidate in (
+        payload.get("Authorization"),
+        payload.get("authorization"),
+        (payload.get("headers") or {}).get("Authorization")
+        if isinstance(payload.get("headers"), dict)
+        else None,
+        (payload.get("headers") or {}).get("authorization")
+        if isinstance(payload.get("headers"), dict)
+        else None,
+    ):
+        if isinstance(candidate, str):
+            return candidate
+    return None
+
+
+class Sockets:
+    """Every GraphQL socket of the process: caps, the ping ticker, revocation."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._sessions: set[Session] = set()
+        self._per_client: dict[str, int] = {}
+        self._ticker: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def admit(self, session: Session) -> bool:
+        s = self._settings
+        client = session.client
+        if (
+            len(self._sessions) >= s.ws_max_connections
+            or self._per_client.get(client, 0) >= s.ws_max_connections_per_client
+        ):
+            return False
+        self._sessions.add(session)
+        self._per_client[client] = self._per_client.get(client, 0) + 1
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().create_task(
+                self._ping_forever(), name="blueline-ws-pings"
+            )
+        return True
+
+    def leave(self, session: Session) -> None:
+        if session not in self._sessions:
+            return
+        self._sessions.discard(session)
+        left = self._per_client.get(session.client, 1) - 1
+        if left:
+            self._per_client[session.client] = left
+        else:
+            self._per_client.pop(session.client, None)
+
+    def revoked(self, key_id: str) -> None:
+        for session in tuple(self._sessions):
+            if session.caller is not None and session.caller.api_key_id == key_id:
+                session.close_soon(CLOSE_FORBIDDEN, "Forbidden: this API key has been revoked")
+
+    def closing(self) -> None:
+        for session in tuple(self._sessions):
+            session.close_soon(CLOSE_RESTART, "The server is restarting; reconnect with `after`")
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+
+    async def _ping_forever(self) -> None:
+        interval = self._settings.ws_keep_alive_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            for session in tuple(self._sessions):
+                session.ping_soon()
+
+
+class Session:
+    """One socket: its protocol, its caller once initialised, its operations."""
+
+    def __init__(
+        self, socket: WebSocket[Any, Any, Any], protocol: str, runner: Runner, sockets: Sockets
+    ) -> None:
+        self.socket = socket
+        self.protocol = protocol
+        self.runner = runner
+        self.sockets = sockets
+        self.settings = runner.runtime.settings
+        self.client = socket.client.host if socket.client else "unknown"
+        self.caller: Caller | None = None
+        self.request_id = current_request_id()
+        self._initialised = False
+        self._operations: dict[str, asyncio.Task[object]] = {}
+        self._closed = False
+        self._background: set[asyncio.Task[object]] = set()
+
+    # -- sending
+
+    async def _send(self, text: str) -> bool:
+        if self._closed:
+            return False
+        try:
+            await self.socket.send_text(text)
+            return True
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            self._closed = True
+            return False
+
+    async def _send_json(self, message: dict[str, Any]) -> bool:
+        return await self._send(json.dumps(message, separators=(",", ":")))
+
+    async def close(self, code: int, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            await self.socket.close(code=code, reason=reason[:123])
+
+    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
+        task: asyncio.Task[object] = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def close_soon(self, code: int, reason: str) -> None:
+        self._spawn(self.close(code, reason))
+
+    def ping_soon(self) -> None:
+        if not self._initialised or self._closed:
+            return
+        message = {"type": "ping"} if self.protocol == TRANSPORT_WS else {"type": "ka"}
+        self._spawn(self._send_json(message))
+
+    # -- receiving
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.ws_init_timeout_s
+        try:
+            while not self._closed:
+                timeout = None if self._initialised else max(deadline - loop.time(), 0)
+                try:
+                    raw = await asyncio.wait_for(self.socket.receive_data(mode="text"), timeout)
+                except TimeoutError:
+                    await self.close(CLOSE_INIT_TIMEOUT, "Connection initialisation timeout")
+                    return
+                if not isinstance(raw, str) or not raw:
+                    await self.close(CLOSE_BAD_MESSAGE, "Messages must be JSON text")
+                    return
+                try:
+                    message = json.loads(raw)
+                except (ValueError, RecursionError):
+                    await self.close(CLOSE_BAD_MESSAGE, "Messages must be JSON objects")
+                    return
+                if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+                    await self.close(CLOSE_BAD_MESSAGE, "Messages need a string `type`")
+                    return
+                await self._handle(message)
+        except WebSocketDisconnect:
+            self._closed = True
+        finally:
+            for task in tuple(self._operations.values()):
+                task.cancel()
+            pending = [*self._operations.values(), *self._background]
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            self._operations.clear()
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        legacy = self.protocol == LEGACY_WS
+        if kind == "connection_init":
+            await self._init(message.get("payload"))
+        elif kind == "ping" and not legacy:
+            pong: dict[str, Any] = {"type": "pong"}
+            if isinstance(message.get("payload"), dict):
+                pong["payload"] = message["payload"]
+            await self._send_json(pong)
+        elif kind == "pong" and not legacy:
+            return
+        elif kind == ("start" if legacy else "subscribe"):
+            await self._start(message)
+        elif kind == ("stop" if legacy else "complete"):
+            op_id = message.get("id")
+            task = self._operations.pop(op_id, None) if isinstance(op_id, str) else None
+            if task is not None:
+                task.cancel()
+        elif kind == "connection_terminate" and legacy:
+            await self.close(1000, "")
+        else:
+            await self.close(CLOSE_BAD_MESSAGE, f"Unknown message type {kind[:40]!r}")
+
+    async def _init(self, payload: Any) -> None:
+        if self._initialised:
+            await self.close(CLOSE_TOO_MANY_INITS, "Too many initialisation requests")
+            return
+        caller = await self.runner.runtime.authenticator.authenticate(key_from(payload))
+        if caller is None:
+            await self.close(CLOSE_FORBIDDEN, FORBIDDEN_REASON)
+            return
+        self.caller = caller
+        self._initialised = True
+        await self._send_json({"type": "connection_ack"})
+        if self.protocol == LEGACY_WS:
+            await self._send_json({"type": "ka"})
+
+    async def _start(self, message: dict[str, Any]) -> None:
+        if not self._initialised or self.caller is None:
+            await self.close(CLOSE_UNAUTHORIZED, "Unauthorized")
+            return
+        op_id = message.get("id")
+        payload = message.get("payload")
+        if not isinstance(op_id, str) or not 0 < len(op_id) <= MAX_OPERATION_ID:
+            await self.close(CLOSE_BAD_MESSAGE, "Operations need a string `id`")
+            return
+        if op_id in self._operations:
+            await self.close(CLOSE_DUPLICATE_ID, f"Subscriber for {op_id[:64]} already exists")
+            return
+        if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
+            await self.close(CLOSE_BAD_MESSAGE, "`payload.query` must be a string")
+            return
+        if len(self._operations) >= self.settings.ws_max_operations:
+            await self._error(
+                op_id,
+                [responses.error("Too many operations on this socket", responses.RATE_LIMITED)],
+            )
+            return
+        variables = payload.get("variables")
+        name = payload.get("operationName")
+        if not isinstance(variables, dict | None) or not isinstance(name, str | None):
+            await self._error(
+                op_id,
+                [
+                    responses.error(
+                        "`variables` must be an object, `operationName` a string",
+                        responses.BAD_REQUEST,
+                    )
+                ],
+            )
+            return
+        prepared = self.runner.prepare(payload["query"], name, variables)
+        if not isinstance(prepared, Operation):
+            record_operation(self.caller.api_key_id, name, "error")
+            await self._error(op_id, prepared)
+            return
+        runtime = self.runner.runtime
+        if not runtime.authenticator.still_active(self.caller):
+            await self.close(CLOSE_FORBIDDEN, "Forbidden: this API key has been revoked")
+            return
+        if not runtime.api_key_limits.allow(self.caller.api_key_id, prepared.cost):
+            await self._error(
+                op_id,
+                [
+                    responses.error(
+                        "Too many requests for this API key; slow down", responses.RATE_LIMITED
+                    )
+                ],
+            )
+            return
+        record_operation(self.caller.api_key_id, prepared.name, "ok")
+        task = asyncio.get_running_loop().create_task(self._operate(op_id, prepared))
+        self._operations[op_id] = task
+        task.add_done_callback(functools.partial(self._done, op_id))
+
+    def _done(self, op_id: str, task: asyncio.Task[object]) -> None:
+        if self._operations.get(op_id) is task:
+            del self._operations[op_id]
+
+    def _frame(self, op_id: str, payload_text: str) -> str:
+        kind = "next" if self.protocol == TRANSPORT_WS else "data"
+        return (
+            '{"id":' + json.dumps(op_id) + ',"type":"' + kind + '","payload":' + payload_text + "}"
+        )
+
+    async def _error(self, op_id: str, errors: list[dict[str, Any]]) -> None:
+        if self.protocol == TRANSPORT_WS:
+            await self._send_json({"id": op_id, "type": "error", "payload": errors})
+        else:
+            await self._send_json(
+                {"id": op_id, "type": "error", "payload": errors[0] if errors else {}}
+            )
+
+    async def _complete(self, op_id: str) -> None:
+        await self._send_json({"id": op_id, "type": "complete"})
+
+    async def _operate(self, op_id: str, op: Operation) -> None:
+        assert self.caller is not None
+        try:
+            if op.kind != OperationType.SUBSCRIPTION:
+                body, _unavailable = await self.runner.execute(
+                    op, self.caller, self.request_id, "ws"
+                )
+                if await self._send(self._frame(op_id, body.decode())):
+                    await self._complete(op_id)
+                return
+            async for text in self.runner.subscribe(op, self.caller, self.request_id, "ws"):
+                if not await self._send(self._frame(op_id, text)):
+                    return
+            await self._complete(op_id)
+        except LiveEnd as ended:
+            if ended.close_code is not None:
+                await self.close(
+                    ended.close_code, ended.errors[0]["message"] if ended.errors else ""
+                )
+                return
+            await self._error(op_id, ended.errors)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            request_id = self.request_id or ""
+            logger.exception("unexpected error in a WebSocket operation")
+            await self._error(
+                op_id,
+                [
+                    responses.error(
+                        "Unexpected error. Quote the requestId when you report it.",
+                        responses.INTERNAL,
+                        requestId=request_id,
+                    )
+                ],
+            )
+
+
+def _origin_allowed(socket: WebSocket[Any, Any, Any], allowed: tuple[str, ...]) -> bool:
+    origin = socket.headers.get("origin")
+    if origin is None:
+        return True  # not a browser: no ambient credentials to abuse
+    normalized = normalize_origin(origin)
+    if normalized is None:
+        return False
+    if normalized in allowed:
+        return True
+    host = socket.headers.get("host", "")
+    return normalized.split("://", 1)[1] == host.lower()
+
+
+def websocket_handler(allowed_origins: tuple[str, ...]) -> Callable[..., Any]:
+    @websocket("/graphql")
+    async def graphql_ws(
+        socket: WebSocket[Any, Any, Any], runner: Runner, sockets: Sockets
+    ) -> None:
+        if not _origin_allowed(socket, allowed_origins):
+            logger.info("refused a WebSocket from an origin not in BLUELINE_CORS_ORIGINS")
+            await socket.close(code=1008)  # before accept: the handshake answers 403
+            return
+        offered = socket.scope.get("subprotocols") or []
+        protocol = next((p for p in PROTOCOLS if p in offered), None)
+        await socket.accept(subprotocols=protocol)
+        if protocol is None:
+            await socket.close(code=CLOSE_SUBPROTOCOL, reason="Subprotocol not acceptable")
+            return
+        session = Session(socket, protocol, runner, sockets)
+        if not sockets.admit(session):
+            await session.close(CLOSE_TRY_AGAIN, "Too many connections; try again later")
+            return
+        try:
+            await session.run()
+        finally:
+            sockets.leave(session)
+            await session.close(1000, "")
+
+    return graphql_ws
