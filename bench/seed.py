@@ -10,7 +10,6 @@ each still has its own ciphertext, so the server decrypts per setup as usual.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Callable
@@ -22,10 +21,12 @@ import asyncpg
 
 from bench.infra import BenchDatabase
 from blueline import ids
+from blueline import readmodel as rm
 from blueline.persistence.database import Database
-from blueline.provisioning.service import credentials_aad, webhook_secret_aad
+from blueline.persistence.dialect import POSTGRESQL
+from blueline.persistence.reads import SqlBuilder, record_sql
 from blueline.security.access import create_api_key
-from blueline.security.vault import Keyring, Vault
+from blueline.security.vault import Keyring, Vault, credentials_aad, webhook_secret_aad
 from blueline.webhooks.signature import generate_secret
 
 SETUP_COLUMNS = (
@@ -50,17 +51,6 @@ LINE_COLUMNS = (
     "request_id",
     "requested_at",
     "assigned_at",
-)
-EVENT_COLUMNS = (
-    "id",
-    "seq",
-    "workspace_id",
-    "setup_id",
-    "line_id",
-    "type",
-    "payload",
-    "created_at",
-    "published_at",
 )
 DELIVERY_COLUMNS = ("id", "setup_id", "webhook_id", "event_type", "outcome", "received_at")
 
@@ -104,33 +94,26 @@ def phone_number(n: int) -> str:
     return f"+1{5_550_000_000 + n}"
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
-def _payload(setup: tuple[Any, ...], line: tuple[Any, ...], count: int) -> str:
-    """The shape ``outbox.snapshot`` writes."""
-    return json.dumps(
-        {
-            "setup": {
-                "id": setup[0],
-                "business_name": setup[2],
-                "label": setup[3],
-                "status": setup[5],
-                "phone_line_count": count,
-                "created_at": _iso(setup[9]),
-                "updated_at": _iso(setup[10]),
-            },
-            "line": {
-                "id": line[0],
-                "status": line[3],
-                "phone_number": line[4],
-                "request_id": line[5] if line[3] == "PENDING" else None,
-                "requested_at": _iso(line[6]),
-                "assigned_at": _iso(line[7]),
-            },
-        },
-        separators=(",", ":"),
+def _history_statement() -> str:
+    """Events for a chunk's lines, their snapshots built by the read model's own SQL (the
+    statement the journal writes with), numbered after the workspace's last."""
+    b = SqlBuilder(POSTGRESQL)
+    snapshot = (
+        "'{\"setup\":' || "
+        + record_sql(b, rm.SETUP, "s")
+        + " || ',\"line\":' || "
+        + record_sql(b, rm.PHONE_LINE, "l")
+        + " || '}'"
+    )
+    return (
+        "INSERT INTO event (id, workspace_id, seq, setup_id, line_id, type, payload, "
+        "created_at, published_at) "
+        "SELECT 'evt_' || md5(l.id || k.kind), s.workspace_id, "
+        "$1::bigint + row_number() OVER (ORDER BY l.id, k.kind), s.id, l.id, k.kind, "
+        f"{snapshot}, s.created_at, s.created_at "
+        "FROM imessage_setup s JOIN phone_line l ON l.setup_id = s.id "
+        "CROSS JOIN (VALUES ('LINE_ADDED'), ('LINE_ASSIGNED')) k(kind) "
+        "WHERE s.id = ANY($2::text[]) AND (k.kind = 'LINE_ADDED' OR l.status = 'ASSIGNED')"
     )
 
 
@@ -156,13 +139,14 @@ async def seed(
     result = Seeded(workspace_id, api_key, secret)
     conn = await asyncpg.connect(database.dsn)
     base = datetime.now(UTC) - timedelta(days=1)
-    seq = int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM event"))
+    seq = int(await conn.fetchval("SELECT event_seq FROM workspace WHERE id = $1", workspace_id))
+    history_sql = _history_statement()
     numbers = int(await conn.fetchval("SELECT count(*) FROM phone_line"))
     try:
         for first in range(0, setups, chunk):
             setup_rows: list[tuple[Any, ...]] = []
             line_rows: list[tuple[Any, ...]] = []
-            event_rows: list[tuple[Any, ...]] = []
+            chunk_setups: list[str] = []
             delivery_rows: list[tuple[Any, ...]] = []
             for n in range(first, min(first + chunk, setups)):
                 setup_id = ids.new_id(ids.SETUP)
@@ -185,6 +169,7 @@ async def seed(
                     created,
                 )
                 setup_rows.append(setup)
+                chunk_setups.append(setup_id)
                 result.setup_ids.append(setup_id)
                 for k in range(lines_per_setup):
                     line_id = ids.new_id(ids.PHONE_LINE)
@@ -208,22 +193,6 @@ async def seed(
                         )
                     if not history:
                         continue
-                    kinds = ["line.requested"] + (["line.assigned"] if assigned else [])
-                    for kind in kinds:
-                        seq += 1
-                        event_rows.append(
-                            (
-                                ids.new_id(ids.EVENT),
-                                seq,
-                                workspace_id,
-                                setup_id,
-                                line_id,
-                                kind,
-                                _payload(setup, line, k + 1),
-                                created,
-                                created,
-                            )
-                        )
                     if assigned:
                         delivery_rows.append(
                             (
@@ -242,15 +211,18 @@ async def seed(
                 await conn.copy_records_to_table(
                     "phone_line", records=line_rows, columns=LINE_COLUMNS
                 )
-                if event_rows:
-                    await conn.copy_records_to_table(
-                        "event", records=event_rows, columns=EVENT_COLUMNS
+                if history:
+                    written = await conn.execute(history_sql, seq, chunk_setups)
+                    added = int(written.rsplit(" ", 1)[-1])
+                    seq += added
+                    result.events += added
+                    await conn.execute(
+                        "UPDATE workspace SET event_seq = $2 WHERE id = $1", workspace_id, seq
                     )
                 if delivery_rows:
                     await conn.copy_records_to_table(
                         "webhook_delivery", records=delivery_rows, columns=DELIVERY_COLUMNS
                     )
-            result.events += len(event_rows)
             result.deliveries += len(delivery_rows)
             progress(f"seeded {min(first + chunk, setups):,}/{setups:,} setups")
         await conn.execute("ANALYZE")

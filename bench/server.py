@@ -9,19 +9,20 @@ all under ``/bench/``:
 - ``POST /bench/webhook-verify/{setup_id}``: the webhook baseline; verifies the Standard
   Webhooks signature with ``signature.verify`` against ``BENCH_BASELINE_SECRET``, parses
   the JSON body and answers, without touching the database;
-- ``GET /bench/list``: the list baseline; authenticates the bearer key and runs
-  ``queries.list_setups`` like the GraphQL resolver, answering the same JSON a GraphQL
-  ``imessageSetups(first: 50) { edges { node { … } } }`` query does;
+- ``GET /bench/list``: the list baseline, a plain Litestar + asyncpg endpoint:
+  authenticates the bearer key (the same cached check GraphQL uses), fetches the page's
+  rows with one statement and encodes the JSON a GraphQL
+  ``imessageSetups(first: 50) { edges { node { … } } }`` query answers;
 - ``GET /bench/ws-idle``: a bare WebSocket that stays open (memory baseline);
 - ``GET /bench/stats``: SQL statements and requests per route, the hub's subscriber
   count, this process's id and RSS.
 
-SQL statements are counted with a ``before_cursor_execute`` listener, and pool
-checkouts (each one a session or connection taken, and with ``pool_pre_ping`` a ping)
-with a ``checkout`` listener, attributed to the route whose request ran them (a context
-variable set around each ASGI call); background work (the relay) is counted under
-``background``. Transaction control (BEGIN, COMMIT, ROLLBACK) and the pings themselves
-do not pass through the cursor and are not in the statement count.
+SQL statements are counted with a ``before_cursor_execute`` listener (SQLAlchemy) and
+the persistence layer's statement observer (prebuilt statements on raw connections),
+and SQLAlchemy pool checkouts with a ``checkout`` listener, attributed to the route
+whose request ran them (a context variable set around each ASGI call); background work
+(the publish sweep, revocation polls) is counted under ``background``. Transaction
+control (BEGIN, COMMIT, ROLLBACK) is not in the statement count.
 """
 
 from __future__ import annotations
@@ -44,11 +45,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
 from bench.infra import raise_fd_limit, rss_kib
-from blueline.app import create_app
-from blueline.cli import UVICORN_OPTIONS
-from blueline.persistence import queries
+from blueline.app import create_app, uvicorn_options
+from blueline.persistence.database import STATEMENT_OBSERVERS
 from blueline.runtime import Runtime
-from blueline.security.access import authenticate
 from blueline.settings import Settings
 from blueline.webhooks import signature
 
@@ -95,6 +94,13 @@ def _runtime(request: Request[Any, Any, Any]) -> Runtime:
     return runtime
 
 
+LIST_SQL = (
+    "SELECT s.id, s.business_name, s.label, s.status, (SELECT count(*) FROM phone_line l "
+    "WHERE l.setup_id = s.id AND l.status <> 'RELEASED') FROM imessage_setup s "
+    "WHERE s.workspace_id = $1 AND s.state = 'ready' ORDER BY s.id DESC LIMIT $2"
+)
+
+
 def baseline_routes(secret: str) -> list[Any]:
     rejected = {"error": "unauthorized"}
     accepted = {"status": "accepted"}
@@ -125,24 +131,22 @@ def baseline_routes(secret: str) -> list[Any]:
         request: Request[Any, Any, Any], first: int = 50
     ) -> Response[dict[str, Any]]:
         runtime = _runtime(request)
-        caller = await authenticate(runtime.db, request.headers.get("authorization"))
+        caller = await runtime.authenticator.authenticate(request.headers.get("authorization"))
         if caller is None:
             return Response(rejected, status_code=401)
-        async with runtime.db.session() as session:
-            page = await queries.list_setups(
-                session, caller.workspace_id, first=first, after_id=None, status=None
-            )
+        async with runtime.db.read() as conn:
+            rows = await conn.fetch(LIST_SQL, (caller.workspace_id, first))
         edges = [
             {
                 "node": {
-                    "id": row.setup.id,
-                    "businessName": row.setup.business_name,
-                    "label": row.setup.label,
-                    "status": str(row.setup.status),
-                    "phoneLineCount": row.phone_line_count,
+                    "id": row[0],
+                    "businessName": row[1],
+                    "label": row[2],
+                    "status": row[3],
+                    "phoneLineCount": row[4],
                 }
             }
-            for row in page.rows
+            for row in rows
         ]
         return Response({"data": {"imessageSetups": {"edges": edges}}})
 
@@ -177,6 +181,7 @@ def build(settings: Settings, *, extras: bool) -> ASGIApp:
     for handler in baseline_routes(os.environ.get("BENCH_BASELINE_SECRET", "")):
         app.register(handler)
     event.listen(Engine, "before_cursor_execute", _count_statement)
+    STATEMENT_OBSERVERS.append(_count_statement)
     event.listen(Pool, "checkout", _count_checkout)
     return counting(app)
 
@@ -189,7 +194,7 @@ def main() -> None:
     args = parser.parse_args()
     raise_fd_limit()
     settings = Settings()
-    options: dict[str, Any] = {**UVICORN_OPTIONS, "timeout_graceful_shutdown": 5}
+    options: dict[str, Any] = {**uvicorn_options(settings), "timeout_graceful_shutdown": 5}
     uvicorn.run(
         build(settings, extras=not args.no_extras),
         host=settings.host,

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from blueline.app import create_app
+from blueline.app import create_app, uvicorn_options
 from blueline.persistence.database import Database
 from blueline.runtime import Runtime, open_runtime
 from blueline.security.access import create_api_key
@@ -145,17 +145,25 @@ class Api:
         return data
 
 
+def served_like(settings: Settings) -> dict[str, Any]:
+    """uvicorn options as `blueline serve` sets them (frame limits, proxy headers)."""
+    options = uvicorn_options(settings)
+    options.pop("log_level")
+    options.pop("timeout_graceful_shutdown")
+    return options
+
+
 @pytest.fixture
 async def server(settings: Settings) -> AsyncIterator[tuple[str, Settings]]:
     """Blueline's API on a real port (uvicorn in a thread), pointed at the sandbox."""
-    with serve_asgi(create_app(settings), port=settings.port) as url:
+    with serve_asgi(create_app(settings), port=settings.port, **served_like(settings)) as url:
         yield url, settings
 
 
 @pytest.fixture
 async def api(server: tuple[str, Settings]) -> AsyncIterator[Api]:
     url, settings = server
-    db = Database(settings.database_url)
+    db = Database(settings.database_url.get_secret_value())
     try:
         key = await create_api_key(db, "clinic-a")
     finally:

@@ -35,11 +35,11 @@ COUNTED_QUERY = (
 
 
 def encode_cursor(setup_id: str) -> str:
-    """The resolvers' cursor format (imported after the schema, which it depends on)."""
-    import blueline.schema  # noqa: F401
-    from blueline.resolvers.common import encode_cursor as encode
+    """The list's cursor format."""
+    from blueline import readmodel
+    from blueline.schema.arguments import encode_cursor as encode
 
-    return encode(setup_id)
+    return encode(readmodel.SETUP_CONNECTION, setup_id)
 
 
 async def run(ctx: RunContext) -> ScenarioResult:

@@ -19,7 +19,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from blueline import ids
-from blueline.persistence.database import Database
+from blueline.persistence.database import Database, observing_statements
 from blueline.security.access import create_api_key
 from blueline.settings import Settings
 from tests.conftest import Api, configure_sandbox
@@ -131,7 +131,7 @@ async def sandbox_subaccounts(
 
 async def new_api_for(server: tuple[str, Settings], workspace: str) -> Api:
     url, settings = server
-    db = Database(settings.database_url)
+    db = Database(settings.database_url.get_secret_value())
     try:
         key = await create_api_key(db, workspace)
     finally:
@@ -151,9 +151,13 @@ def setup_and_line_statements() -> Iterator[list[str]]:
         if "imessage_setup" in lowered or "phone_line" in lowered:
             seen.append(statement)
 
+    def record_raw(statement: str) -> None:
+        record(None, None, statement, None, None, False)
+
     event.listen(Engine, "before_cursor_execute", record)
     try:
-        yield seen
+        with observing_statements(record_raw):
+            yield seen
     finally:
         event.remove(Engine, "before_cursor_execute", record)
 

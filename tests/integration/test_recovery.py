@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlmodel import col
 
+from blueline.domain import Origin
 from blueline.errors import ProviderUnavailable
 from blueline.persistence import queries
 from blueline.persistence.models import (
@@ -27,14 +28,17 @@ from blueline.persistence.models import (
     SetupState,
     SetupStatus,
 )
+from blueline.persistence.setups import SetupStore
 from blueline.persistence.types import utcnow
-from blueline.provisioning.service import credentials_aad, webhook_secret_aad
 from blueline.runtime import Runtime, open_runtime
-from blueline.security.access import authenticate, create_api_key
+from blueline.security.access import create_api_key
+from blueline.security.vault import credentials_aad, webhook_secret_aad
 from blueline.settings import SANDBOX_PARTNER_KEY, Settings
 from tests.conftest import Api, configure_sandbox, make_settings
+from tests.support.auth import authenticate
 
 BLUELINE = Path(sys.executable).with_name("blueline")
+ORIGIN = Origin("api_key:key_test")
 PARTNER = {"Authorization": f"Bearer {SANDBOX_PARTNER_KEY}"}
 
 DETAIL = """
@@ -113,8 +117,10 @@ async def events_of(runtime: Runtime, setup_id: str, event_type: str) -> int:
 
 
 async def visible(runtime: Runtime, workspace_id: str, setup_id: str) -> bool:
-    async with runtime.db.session() as session:
-        return await queries.get_setup_row(session, workspace_id, setup_id) is not None
+    async with runtime.db.read() as conn:
+        return (
+            await SetupStore(runtime.db.dialect).visible(conn, workspace_id, setup_id) is not None
+        )
 
 
 async def assert_completed_from(
@@ -135,7 +141,7 @@ async def assert_completed_from(
     [line] = await lines_of(runtime, setup_id)
     assert line.status == LineStatus.PENDING
     assert line.request_id == account["lines"][0]["request_id"]
-    assert await events_of(runtime, setup_id, "line.requested") == 1
+    assert await events_of(runtime, setup_id, "LINE_ADDED") == 1
 
 
 # -- setups left in provisioning
@@ -149,7 +155,7 @@ async def test_setup_interrupted_after_the_provider_call_is_completed_from_its_s
     account = await create_upstream(sandbox, runtime, setup_id)
     assert not await visible(runtime, workspace_id, setup_id)
 
-    report = await runtime.provisioning.reconcile(0)
+    report = await runtime.reconcile(0)
 
     assert (report.completed, report.failed, report.deferred) == (1, 0, 0)
     await assert_completed_from(runtime, workspace_id, setup_id, account)
@@ -165,7 +171,7 @@ async def test_setup_interrupted_before_the_provider_call_is_completed_by_creati
     setup_id = await crashed_before_provider_call(runtime, workspace_id, name="Bright Smiles")
     assert await upstream_for(sandbox, setup_id) == []
 
-    report = await runtime.provisioning.reconcile(0)
+    report = await runtime.reconcile(0)
 
     assert (report.completed, report.failed, report.deferred) == (1, 0, 0)
     [account] = await upstream_for(sandbox, setup_id)
@@ -180,10 +186,10 @@ async def test_second_reconcile_after_recovery_changes_nothing(
 ) -> None:
     workspace_id = await workspace(runtime)
     setup_id = await crashed_before_provider_call(runtime, workspace_id)
-    await runtime.provisioning.reconcile(0)
+    await runtime.reconcile(0)
     before = await row(runtime, setup_id)
 
-    report = await runtime.provisioning.reconcile(0)
+    report = await runtime.reconcile(0)
 
     assert (report.completed, report.failed, report.discarded, report.lines_assigned) == (
         0,
@@ -203,14 +209,14 @@ async def test_retry_with_the_idempotency_key_returns_the_recovered_setup(
 ) -> None:
     workspace_id = await workspace(runtime)
     setup_id = await crashed_before_provider_call(runtime, workspace_id, key="create-42")
-    await runtime.provisioning.reconcile(0)
+    await runtime.reconcile(0)
 
     retried = await runtime.provisioning.create_setup(
-        workspace_id, "Acme Dental", "Front desk", idempotency_key="create-42"
+        workspace_id, ORIGIN, "Acme Dental", "Front desk", idempotency_key="create-42"
     )
 
-    assert retried.setup.id == setup_id
-    assert retried.phone_line_count == 1
+    assert retried == setup_id
+    assert len(await lines_of(runtime, retried)) == 1
     assert len(await upstream_for(sandbox, setup_id)) == 1
 
 
@@ -220,7 +226,7 @@ async def test_recent_setups_are_left_to_the_create_in_progress(
     workspace_id = await workspace(runtime)
     setup_id = await crashed_before_provider_call(runtime, workspace_id)
 
-    report = await runtime.provisioning.reconcile(3600)
+    report = await runtime.reconcile(3600)
 
     assert (report.completed, report.failed, report.discarded, report.deferred) == (0, 0, 0, 0)
     assert (await row(runtime, setup_id)).state == SetupState.PROVISIONING
@@ -249,7 +255,7 @@ async def test_failed_setup_whose_subaccount_was_created_anyway_gets_it_closed(
     await configure_sandbox(sandbox, auto_assign_after_s=None, latency_ms=600)
     with pytest.raises(ProviderUnavailable):
         await runtime.provisioning.create_setup(
-            workspace_id, "Acme Dental", "Front desk", idempotency_key="k-1"
+            workspace_id, ORIGIN, "Acme Dental", "Front desk", idempotency_key="k-1"
         )
     await configure_sandbox(sandbox, auto_assign_after_s=None)
     async with runtime.db.session() as session:
@@ -259,7 +265,7 @@ async def test_failed_setup_whose_subaccount_was_created_anyway_gets_it_closed(
     assert failed.idempotency_key is None
     assert not await visible(runtime, workspace_id, failed.id)
 
-    report = await runtime.provisioning.reconcile(0)
+    report = await runtime.reconcile(0)
 
     assert (report.discarded, report.completed, report.deferred) == (1, 0, 0)
     [closed] = await upstream_for(sandbox, failed.id)
@@ -272,10 +278,10 @@ async def test_failed_setup_whose_subaccount_was_created_anyway_gets_it_closed(
 
     # The key was released: a retry starts a fresh setup with its own subaccount.
     retried = await runtime.provisioning.create_setup(
-        workspace_id, "Acme Dental", "Front desk", idempotency_key="k-1"
+        workspace_id, ORIGIN, "Acme Dental", "Front desk", idempotency_key="k-1"
     )
-    assert retried.setup.id != failed.id
-    [fresh] = await upstream_for(sandbox, retried.setup.id)
+    assert retried != failed.id
+    [fresh] = await upstream_for(sandbox, retried)
     assert fresh["status"] == "active"
 
 
@@ -285,13 +291,13 @@ async def test_failed_setup_without_a_subaccount_is_discarded(
     workspace_id = await workspace(runtime)
     await configure_sandbox(sandbox, auto_assign_after_s=None, failure_rate=1)
     with pytest.raises(ProviderUnavailable):
-        await runtime.provisioning.create_setup(workspace_id, "Acme Dental", "Front desk")
+        await runtime.provisioning.create_setup(workspace_id, ORIGIN, "Acme Dental", "Front desk")
     await configure_sandbox(sandbox, auto_assign_after_s=None)
     async with runtime.db.session() as session:
         [failed] = await queries.setups_in_state(session, SetupState.FAILED, utcnow())
     assert failed.failure_reason == "PROVIDER_UNAVAILABLE"
 
-    report = await runtime.provisioning.reconcile(0)
+    report = await runtime.reconcile(0)
 
     assert report.discarded == 1
     assert (await row(runtime, failed.id)).state == SetupState.DISCARDED
@@ -309,7 +315,7 @@ async def test_provider_outage_defers_recovery_and_leaves_rows_untouched(
     before = {s: await row(runtime, s) for s in (stuck, failed)}
 
     await configure_sandbox(sandbox, auto_assign_after_s=None, failure_rate=1)
-    report = await runtime.provisioning.reconcile(0)
+    report = await runtime.reconcile(0)
 
     assert report.deferred == 2
     assert (report.completed, report.failed, report.discarded) == (0, 0, 0)
@@ -321,7 +327,7 @@ async def test_provider_outage_defers_recovery_and_leaves_rows_untouched(
     assert (await upstream_for(sandbox, failed))[0]["status"] == "active"
 
     await configure_sandbox(sandbox, auto_assign_after_s=None)
-    report = await runtime.provisioning.reconcile(0)
+    report = await runtime.reconcile(0)
 
     assert (report.completed, report.discarded, report.deferred) == (1, 1, 0)
     assert (await row(runtime, stuck)).state == SetupState.READY
@@ -382,7 +388,7 @@ async def test_setup_the_provider_refuses_to_create_is_failed_then_discarded(
     setup_id = await crashed_before_provider_call(runtime, workspace_id, key="create-7")
     faulty.faults["POST"] = 422
 
-    report = await runtime.provisioning.reconcile(0)
+    report = await runtime.reconcile(0)
 
     assert (report.failed, report.completed, report.deferred) == (1, 0, 0)
     failed = await row(runtime, setup_id)
@@ -391,7 +397,7 @@ async def test_setup_the_provider_refuses_to_create_is_failed_then_discarded(
     assert failed.idempotency_key is None
     assert not await visible(runtime, workspace_id, setup_id)
 
-    report = await runtime.provisioning.reconcile(0)
+    report = await runtime.reconcile(0)
 
     assert report.discarded == 1
     assert (await row(runtime, setup_id)).state == SetupState.DISCARDED
@@ -408,7 +414,7 @@ async def test_failed_setup_stays_failed_while_the_provider_rate_limits_its_clos
     await runtime.provisioning._mark_failed(setup_id, "PROVIDER_UNAVAILABLE")
     faulty.faults["DELETE"] = 429
 
-    report = await runtime.provisioning.reconcile(0)
+    report = await runtime.reconcile(0)
 
     # The subaccount is still open upstream: the row must stay FAILED for a later pass.
     [account] = await upstream_for(sandbox, setup_id)
@@ -418,7 +424,7 @@ async def test_failed_setup_stays_failed_while_the_provider_rate_limits_its_clos
     assert (await row(runtime, setup_id)).state == SetupState.FAILED
 
     del faulty.faults["DELETE"]
-    report = await runtime.provisioning.reconcile(0)
+    report = await runtime.reconcile(0)
 
     assert report.discarded == 1
     assert (await upstream_for(sandbox, setup_id))[0]["status"] == "closed"
@@ -435,7 +441,7 @@ async def test_setup_whose_line_was_placed_before_recovery_comes_back_active(
     placed = await sandbox.post(f"/sandbox/line-requests/{request_id}/assign", json={})
     number = placed.json()["phone_number"]
 
-    report = await runtime.provisioning.reconcile(0)
+    report = await runtime.reconcile(0)
 
     assert report.completed == 1
     setup = await row(runtime, setup_id)
@@ -444,8 +450,8 @@ async def test_setup_whose_line_was_placed_before_recovery_comes_back_active(
     [line] = await lines_of(runtime, setup_id)
     assert (line.status, line.phone_number) == (LineStatus.ASSIGNED, number)
     assert line.assigned_at is not None
-    assert await events_of(runtime, setup_id, "line.assigned") == 1
-    assert await events_of(runtime, setup_id, "line.requested") == 0
+    assert await events_of(runtime, setup_id, "LINE_ASSIGNED") == 1
+    assert await events_of(runtime, setup_id, "LINE_ADDED") == 0
 
 
 # -- lines whose webhook never came
@@ -472,7 +478,7 @@ async def test_placement_whose_webhook_was_lost_is_found_by_reconciliation(
     [account] = await upstream_for(sandbox, setup["id"])
     assert account["deliveries"] == []
 
-    report = await runtime.provisioning.reconcile(0)
+    report = await runtime.reconcile(0)
 
     assert report.lines_assigned == 1
     detail = (await api.data(DETAIL, {"id": setup["id"]}))["imessageSetup"]
@@ -481,12 +487,12 @@ async def test_placement_whose_webhook_was_lost_is_found_by_reconciliation(
     assert assigned["id"] == line["id"]
     assert assigned["status"] == "ASSIGNED"
     assert assigned["phoneNumber"] == number
-    assert await events_of(runtime, setup["id"], "line.assigned") == 1
+    assert await events_of(runtime, setup["id"], "LINE_ASSIGNED") == 1
 
-    again = await runtime.provisioning.reconcile(0)
+    again = await runtime.reconcile(0)
 
     assert again.lines_assigned == 0
-    assert await events_of(runtime, setup["id"], "line.assigned") == 1
+    assert await events_of(runtime, setup["id"], "LINE_ASSIGNED") == 1
     [stored] = await lines_of(runtime, setup["id"])
     assert stored.phone_number == number
     assert (await row(runtime, setup["id"])).status == SetupStatus.ACTIVE
@@ -496,14 +502,14 @@ async def test_lines_still_pending_upstream_stay_pending(
     runtime: Runtime, sandbox: httpx.AsyncClient
 ) -> None:
     workspace_id = await workspace(runtime)
-    created = await runtime.provisioning.create_setup(workspace_id, "Acme", "Desk")
+    created = await runtime.provisioning.create_setup(workspace_id, ORIGIN, "Acme", "Desk")
 
-    report = await runtime.provisioning.reconcile(0)
+    report = await runtime.reconcile(0)
 
     assert report.lines_assigned == 0
-    [line] = await lines_of(runtime, created.setup.id)
+    [line] = await lines_of(runtime, created)
     assert line.status == LineStatus.PENDING
-    assert await events_of(runtime, created.setup.id, "line.assigned") == 0
+    assert await events_of(runtime, created, "LINE_ASSIGNED") == 0
 
 
 async def test_provider_outage_defers_line_reconciliation(
@@ -511,16 +517,16 @@ async def test_provider_outage_defers_line_reconciliation(
 ) -> None:
     workspace_id = await workspace(runtime)
     await configure_sandbox(sandbox, auto_assign_after_s=None, deliver_webhooks=False)
-    created = await runtime.provisioning.create_setup(workspace_id, "Acme", "Desk")
-    [line] = await lines_of(runtime, created.setup.id)
+    created = await runtime.provisioning.create_setup(workspace_id, ORIGIN, "Acme", "Desk")
+    [line] = await lines_of(runtime, created)
     await sandbox.post(f"/sandbox/line-requests/{line.request_id}/assign", json={})
 
     await configure_sandbox(sandbox, auto_assign_after_s=None, failure_rate=1)
-    report = await runtime.provisioning.reconcile(0)
+    report = await runtime.reconcile(0)
 
     assert report.deferred == 1
     assert report.lines_assigned == 0
-    [still] = await lines_of(runtime, created.setup.id)
+    [still] = await lines_of(runtime, created)
     assert still.status == LineStatus.PENDING
 
 
@@ -534,7 +540,7 @@ def cli_env(settings: Settings) -> dict[str, str]:
     assert settings.provider_url
     assert settings.public_base_url
     env.update(
-        BLUELINE_DATABASE_URL=settings.database_url,
+        BLUELINE_DATABASE_URL=settings.database_url.get_secret_value(),
         BLUELINE_PROVIDER_URL=settings.provider_url,
         BLUELINE_ENCRYPTION_KEYS=keys.get_secret_value(),
         BLUELINE_PUBLIC_BASE_URL=settings.public_base_url,
@@ -568,8 +574,8 @@ async def test_reconcile_command_recovers_setups_and_lines_and_prints_a_summary(
     failed = await crashed_before_provider_call(runtime, workspace_id, name="Three")
     await create_upstream(sandbox, runtime, failed, name="Three")
     await runtime.provisioning._mark_failed(failed, "PROVIDER_UNAVAILABLE")
-    live = await runtime.provisioning.create_setup(workspace_id, "Four", "Desk")
-    [line] = await lines_of(runtime, live.setup.id)
+    live = await runtime.provisioning.create_setup(workspace_id, ORIGIN, "Four", "Desk")
+    [line] = await lines_of(runtime, live)
     placed = await sandbox.post(f"/sandbox/line-requests/{line.request_id}/assign", json={})
     number = placed.json()["phone_number"]
 
@@ -577,23 +583,25 @@ async def test_reconcile_command_recovers_setups_and_lines_and_prints_a_summary(
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == (
-        "setups completed: 2, failed: 0, discarded: 1, deferred: 0; lines assigned: 1"
+        "setups completed: 2, failed: 0, discarded: 1, deferred: 0; lines assigned: 1, "
+        "adopted: 0, released: 0; setups synced: 0; operations finished: 0"
     )
     await assert_completed_from(runtime, workspace_id, with_subaccount, account)
     [created] = await upstream_for(sandbox, without_subaccount)
     await assert_completed_from(runtime, workspace_id, without_subaccount, created)
     assert (await row(runtime, failed)).state == SetupState.DISCARDED
     assert (await upstream_for(sandbox, failed))[0]["status"] == "closed"
-    [assigned] = await lines_of(runtime, live.setup.id)
+    [assigned] = await lines_of(runtime, live)
     assert (assigned.status, assigned.phone_number) == (LineStatus.ASSIGNED, number)
-    assert await events_of(runtime, live.setup.id, "line.assigned") == 1
+    assert await events_of(runtime, live, "LINE_ASSIGNED") == 1
 
     again = await run_reconcile(settings, tmp_path)
 
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip().splitlines()[-1] == (
-        "setups completed: 0, failed: 0, discarded: 0, deferred: 0; lines assigned: 0"
+        "setups completed: 0, failed: 0, discarded: 0, deferred: 0; lines assigned: 0, "
+        "adopted: 0, released: 0; setups synced: 0; operations finished: 0"
     )
-    assert await events_of(runtime, live.setup.id, "line.assigned") == 1
+    assert await events_of(runtime, live, "LINE_ASSIGNED") == 1
     for setup_id in (with_subaccount, without_subaccount):
         assert len(await upstream_for(sandbox, setup_id)) == 1

@@ -35,8 +35,8 @@ async def test_prune_removes_only_old_deliveries_and_published_events(db: Databa
                     received_at=now - timedelta(days=age_days),
                 )
             )
-        for age_days, published, seq in ((10, True, 1), (10, False, None), (3, True, 2)):
-            # seq 1 is old and published: pruned; the unpublished one and seq 2 stay.
+        for age_days, published, seq in ((10, True, 1), (10, False, 2), (3, True, 3)):
+            # seq 1 is old and published: pruned; the unpublished one and seq 3 stay.
             session.add(
                 Event(
                     id=ids.new_id(ids.EVENT),
@@ -44,7 +44,7 @@ async def test_prune_removes_only_old_deliveries_and_published_events(db: Databa
                     workspace_id="ws_x",
                     setup_id="ims_x",
                     line_id="pl_x",
-                    type="line.requested",
+                    type="LINE_ADDED",
                     payload="{}",
                     created_at=now - timedelta(days=age_days),
                     published_at=now if published else None,
@@ -64,18 +64,18 @@ async def test_less_than_seven_days_is_refused(db: Database) -> None:
         await prune(db, 6.9)
 
 
-async def test_the_newest_event_survives_so_numbering_never_restarts(db: Database) -> None:
+async def test_each_workspaces_newest_event_survives(db: Database) -> None:
     old = utcnow() - timedelta(days=30)
     async with db.transaction() as session:
-        for seq in (1, 2):
+        for workspace_id, seq in (("ws_x", 1), ("ws_x", 2), ("ws_y", 1)):
             session.add(
                 Event(
                     id=ids.new_id(ids.EVENT),
                     seq=seq,
-                    workspace_id="ws_x",
+                    workspace_id=workspace_id,
                     setup_id="ims_x",
                     line_id="pl_x",
-                    type="line.requested",
+                    type="LINE_ADDED",
                     payload="{}",
                     created_at=old,
                     published_at=old,
@@ -83,5 +83,5 @@ async def test_the_newest_event_survives_so_numbering_never_restarts(db: Databas
             )
     assert (await prune(db, 7)).events == 1
     async with db.session() as session:
-        remaining = (await session.execute(select(col(Event.seq)))).scalars().all()
-    assert list(remaining) == [2]
+        remaining = (await session.execute(select(col(Event.workspace_id), col(Event.seq)))).all()
+    assert sorted(tuple(r) for r in remaining) == [("ws_x", 2), ("ws_y", 1)]

@@ -23,24 +23,25 @@ from sqlalchemy.engine import make_url
 from sqlmodel import col
 
 from blueline import ids
+from blueline.domain import Origin
 from blueline.errors import DecryptionFailed
 from blueline.persistence.database import Database
 from blueline.persistence.models import (
     IMessageSetup,
-    LineStatus,
     PhoneLine,
     SetupState,
     SetupStatus,
 )
 from blueline.persistence.types import utcnow
-from blueline.provisioning.service import credentials_aad, webhook_secret_aad
 from blueline.runtime import Runtime, open_runtime
-from blueline.security.access import authenticate, create_api_key
+from blueline.security.access import create_api_key
 from blueline.security.rotation import rotate_all
-from blueline.security.vault import Keyring, Vault
+from blueline.security.vault import Keyring, Vault, credentials_aad, webhook_secret_aad
 from blueline.settings import Settings
 from blueline.webhooks import signature
+from blueline.webhooks.intake import Outcome
 from tests.conftest import Api, keyring_spec, make_settings
+from tests.support.auth import authenticate
 
 BLUELINE = Path(sys.executable).with_name("blueline")
 
@@ -95,10 +96,9 @@ async def workspace_of(db: Database, name: str = "clinic-a") -> str:
 
 async def create_setups(runtime: Runtime, count: int, name: str = "Acme Dental") -> list[str]:
     workspace_id = await workspace_of(runtime.db)
+    origin = Origin("api_key:key_test")
     return [
-        (
-            await runtime.provisioning.create_setup(workspace_id, f"{name} {i}", "Front desk")
-        ).setup.id
+        await runtime.provisioning.create_setup(workspace_id, origin, f"{name} {i}", "Front desk")
         for i in range(count)
     ]
 
@@ -231,8 +231,8 @@ async def test_webhook_secret_copied_onto_another_setup_is_not_accepted(
         request_ids=[],
     )
     headers, body = signed_assignment(forged, attacker_upstream.request_ids[0], "+14155550101")
-    answer = await runtime.intake.handle(attacker, headers, body)
-    assert answer.status == 401
+    answer = await runtime.intake.handle(attacker, headers, body, "127.0.0.1")
+    assert answer is Outcome.REJECTED
 
 
 # -- where the plaintext must never appear
@@ -244,11 +244,13 @@ async def test_provider_secrets_appear_nowhere_in_the_database(
     setup_ids = await create_setups(runtime, 2)
     upstreams = [await upstream_of(sandbox, s) for s in setup_ids]
     headers, body = signed_assignment(upstreams[0], upstreams[0].request_ids[0], "+14155550123")
-    assert (await runtime.intake.handle(setup_ids[0], headers, body)).status == 200
-    line = await runtime.provisioning.request_line(
-        (await stored_setup(runtime.db, setup_ids[1])).workspace_id, setup_ids[1]
+    assert await runtime.intake.handle(setup_ids[0], headers, body, "::1") is Outcome.ACCEPTED
+    line_id = await runtime.provisioning.request_line(
+        (await stored_setup(runtime.db, setup_ids[1])).workspace_id,
+        Origin("api_key:key_test"),
+        setup_ids[1],
     )
-    assert line.status == LineStatus.PENDING
+    assert line_id.startswith("pl_")
 
     dump = await database_bytes(runtime.db)
     for setup_id in setup_ids:
@@ -439,8 +441,8 @@ async def test_keys_rotate_re_encrypts_every_secret_under_the_new_primary_once(
         setup_id = setup_ids[0]
         upstream = upstreams[setup_id]
         headers, body = signed_assignment(upstream, upstream.request_ids[0], "+14155550142")
-        answer = await runtime.intake.handle(setup_id, headers, body)
-        assert answer.status == 200, answer.body
+        answer = await runtime.intake.handle(setup_id, headers, body, "127.0.0.1")
+        assert answer is Outcome.ACCEPTED
 
 
 async def test_rotation_walks_every_row_across_batches_and_skips_rows_without_secrets(

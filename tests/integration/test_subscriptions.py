@@ -108,7 +108,7 @@ async def test_subscribers_see_only_their_own_workspace(
     api: Api, server: tuple[str, Settings]
 ) -> None:
     _, settings = server
-    db = Database(settings.database_url)
+    db = Database(settings.database_url.get_secret_value())
     try:
         other_key = await create_api_key(db, "clinic-b")
     finally:
@@ -172,7 +172,9 @@ async def test_resume_with_after_replays_missed_events_in_order_once_then_goes_l
         await ws.expect_silence(0.5)
 
 
-@pytest.mark.parametrize("after", ["evt_9999999999999999", "evt_0000000000000001", "nonsense"])
+@pytest.mark.parametrize(
+    "after", ["evt_ZZZZZZZZZZZZZ", "evt_9999999999999999", "evt_0000000000000001", "nonsense"]
+)
 async def test_unknown_after_ends_the_subscription_with_an_error(api: Api, after: str) -> None:
     async with graphql_ws(api.base_url, api.key) as ws:
         op = await ws.subscribe(UPDATES, {"after": after})
@@ -192,8 +194,8 @@ async def test_idle_subscriptions_hold_no_database_connection(
             sockets.append(ws_cm)
             await ws.subscribe(UPDATES)
         await asyncio.sleep(0.5)
-        if settings.database_url.startswith("postgresql"):
-            db = Database(settings.database_url)
+        if settings.database_url.get_secret_value().startswith("postgresql"):
+            db = Database(settings.database_url.get_secret_value())
             try:
                 async with db.session() as session:
                     from sqlalchemy import text

@@ -68,7 +68,7 @@ async def line_and_events(database_url: str, setup_id: str) -> tuple[PhoneLine, 
                     select(func.count())
                     .select_from(Event)
                     .where(col(Event.setup_id) == setup_id)
-                    .where(col(Event.type) == "line.assigned")
+                    .where(col(Event.type) == "LINE_ASSIGNED")
                 )
             ).scalar_one()
         return line, int(assigned_events)

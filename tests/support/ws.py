@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 TRANSPORT_WS = "graphql-transport-ws"
 LEGACY_WS = "graphql-ws"
@@ -56,6 +57,20 @@ class GraphQLSocket:
             assert message["type"] in ("next", "data"), message
             errors = message["payload"]["errors"]
         return str(errors[0]["message"])
+
+    async def closed(self, timeout: float = 10) -> tuple[int, str]:
+        """The close code and reason the server ends the socket with (messages before it
+        are skipped)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                await asyncio.wait_for(self.ws.recv(), max(deadline - loop.time(), 0.001))
+            except ConnectionClosed as closed:
+                frame = closed.rcvd
+                return (frame.code, frame.reason) if frame is not None else (1006, "")
+            except TimeoutError:
+                raise AssertionError(f"the socket was still open after {timeout} s") from None
 
     async def expect_silence(self, seconds: float) -> None:
         """No data for ``seconds`` (completions of ended operations are not data)."""

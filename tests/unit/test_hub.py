@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from blueline.events.hub import Hub, Signal
-from blueline.events.outbox import LineEvent
+from blueline.persistence.eventlog import LiveEvent
 
 
-def event(seq: int) -> LineEvent:
-    return LineEvent(
-        seq=seq, row_id=f"evt_{seq}", workspace_id="ws_a", setup_id="ims_a", type="x", payload={}
+def event(seq: int) -> LiveEvent:
+    return LiveEvent(
+        workspace_id="ws_a",
+        seq=seq,
+        row_id=f"evt_{seq}",
+        setup_id="ims_a",
+        line_id=None,
+        change="UPDATED",
+        payload="{}",
     )
 
 
@@ -34,5 +40,5 @@ async def test_subscribers_only_get_their_own_workspace() -> None:
     async with hub.subscribe("ws_b") as other, hub.subscribe("ws_a") as mine:
         hub.deliver(event(1))
         assert await mine.get() == event(1)
-        assert other._queue.empty()
+        assert await other.get(wait_s=0.01) is None
     assert hub.subscriber_count == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from blueline.schema import build_schema
+from blueline.api.schema import build_schema
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schema.graphql"
 
@@ -28,6 +28,20 @@ def test_schema_names_what_the_contract_promises() -> None:
         "phoneLineUpdates(setupId: ID = null, after: String = null): PhoneLineUpdate!",
         "type UserError",
         "phoneLineCount: Int!",
+        "updateImessageSetup(input: UpdateImessageSetupInput!): UpdateImessageSetupPayload!",
+        "suspendImessageSetup(input: SuspendImessageSetupInput!): SuspendImessageSetupPayload!",
+        "reactivateImessageSetup(input: ReactivateImessageSetupInput!)",
+        "closeImessageSetup(input: CloseImessageSetupInput!): CloseImessageSetupPayload!",
+        "releaseImessagePhoneLine(input: ReleaseImessagePhoneLineInput!)",
+        "imessageSetupUpdates(setupId: ID = null, after: String = null): IMessageSetupUpdate!",
+        "auditEvents(first: Int = 20, after: String = null, setupId: ID = null)",
+        "enum UserErrorCode",
+        "hasPreviousPage: Boolean!",
+        "startCursor: String",
+        'scalar DateTime @specifiedBy(url: "https://datatracker.ietf.org/doc/html/rfc3339")',
+        "enum IMessageSetupChange",
+        "phoneLines(",
+        "includeReleased: Boolean = false",
     ):
         assert name in sdl, name
 

@@ -167,10 +167,10 @@ def _cost_errors(
                 f"(at most {MAX_FIELDS})"
             )
         if cost.depth > MAX_DEPTH:
-            problems.append(f"it is {cost.depth} levels deep (at most {MAX_DEPTH})")
+            problems.append(f"its depth is {cost.depth} (at most {MAX_DEPTH})")
         if cost.introspection_depth > MAX_INTROSPECTION_DEPTH:
             problems.append(
-                f"its introspection is {cost.introspection_depth} levels deep "
+                f"its introspection depth is {cost.introspection_depth} "
                 f"(at most {MAX_INTROSPECTION_DEPTH})"
             )
         if cost.aliases > MAX_ALIASES:

@@ -8,14 +8,16 @@ request id. Requests are authenticated before they get here (``api.auth``).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 from graphql import OperationType
 from litestar import MediaType, Request, Response, get, post
 from litestar.exceptions import ClientException
+from litestar.params import FromPath
 from litestar.response import Stream
 from strawberry.http.streaming import MultipartSubscriptionTransport, merge_stream_with_heartbeat
 
@@ -36,11 +38,35 @@ SUBSCRIBE_HOW = (
 )
 
 
-class GraphQLRequest(msgspec.Struct, forbid_unknown_fields=False):
+@dataclass(frozen=True)
+class GraphQLRequest:
     query: str | None = None
     variables: dict[str, Any] | None = None
-    operationName: str | None = None
-    extensions: dict[str, Any] | None = None
+    operation_name: str | None = None
+
+
+def parse_request(body: bytes) -> GraphQLRequest | str:
+    """The request, or why the body is not one. The standard library decoder keeps
+    escaped lone surrogates (they are valid JSON), so names holding them get a user
+    error like any other refused character, not a bare 400."""
+    try:
+        data = json.loads(body)
+    except UnicodeDecodeError:
+        return "the body is not UTF-8"
+    except RecursionError:
+        return "the body nests too deeply"
+    except ValueError:
+        return "the body is not JSON"
+    if not isinstance(data, dict):
+        return "the body must be a JSON object (batches are not supported)"
+    query, variables, name = data.get("query"), data.get("variables"), data.get("operationName")
+    if not isinstance(query, str | None):
+        return "`query` must be a string"
+    if not isinstance(variables, dict | None):
+        return "`variables` must be an object"
+    if not isinstance(name, str | None):
+        return "`operationName` must be a string"
+    return GraphQLRequest(query, variables, name)
 
 
 def failure(
@@ -82,10 +108,10 @@ async def _run(
 ) -> Response[Any]:
     if not payload.query:
         return failure(400, "No GraphQL query found in the request", responses.BAD_REQUEST)
-    prepared = runner.prepare(payload.query, payload.operationName, payload.variables)
+    prepared = runner.prepare(payload.query, payload.operation_name, payload.variables)
     caller = _caller(request)
     if not isinstance(prepared, Operation):
-        record_operation(caller.api_key_id, payload.operationName, "error")
+        record_operation(caller.api_key_id, payload.operation_name, "error")
         return _json(responses.encode({"errors": prepared}))
     op = prepared
     if via_get and op.kind != OperationType.QUERY:
@@ -105,7 +131,7 @@ async def _run(
     if op.kind == OperationType.SUBSCRIPTION:
         return _multipart(runner, op, caller)
     body, storage_down = await runner.execute(op, caller, current_request_id())
-    record_operation(caller.api_key_id, op.name, "unavailable" if storage_down else "ok")
+    record_operation(caller.api_key_id, op.label, "unavailable" if storage_down else "ok")
     if storage_down:
         return unavailable()
     return _json(body)
@@ -177,14 +203,9 @@ def graphql_handlers(*, max_body_bytes: int, production: bool, middleware: list[
             body = await request.body()
         except ClientException:
             return _too_large(max_body_bytes)
-        try:
-            payload = msgspec.json.decode(body, type=GraphQLRequest)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return failure(
-                400, f"The body is not a GraphQL request: {_reason(exc)}", responses.BAD_REQUEST
-            )
-        except RecursionError:
-            return failure(400, "The body nests too deeply", responses.BAD_REQUEST)
+        payload = parse_request(body)
+        if isinstance(payload, str):
+            return failure(400, f"Not a GraphQL request: {payload}", responses.BAD_REQUEST)
         return await _run(request, runner, payload, via_get=False)
 
     @get(GRAPHQL_PATH, middleware=middleware)
@@ -205,25 +226,19 @@ def graphql_handlers(*, max_body_bytes: int, production: bool, middleware: list[
             return failure(405, "Send GraphQL in a POST", responses.METHOD_NOT_ALLOWED)
         params = request.query_params
         try:
-            variables = (
-                msgspec.json.decode(params["variables"]) if params.get("variables") else None
-            )
-        except (msgspec.DecodeError, RecursionError):
+            variables = json.loads(params["variables"]) if params.get("variables") else None
+        except (ValueError, RecursionError):
             return failure(400, "`variables` is not JSON", responses.BAD_REQUEST)
         if variables is not None and not isinstance(variables, dict):
             return failure(400, "`variables` must be an object", responses.BAD_REQUEST)
-        payload = GraphQLRequest(
-            query=params.get("query"),
-            variables=variables,
-            operationName=params.get("operationName"),
-        )
+        payload = GraphQLRequest(params.get("query"), variables, params.get("operationName"))
         return await _run(request, runner, payload, via_get=True)
 
     handlers: list[Any] = [graphql_post, graphql_get]
     if not production:
 
         @get(f"{graphiql.ASSET_PATH}/{{name:str}}", include_in_schema=False)
-        async def graphiql_asset(name: str) -> Response[bytes]:
+        async def graphiql_asset(name: FromPath[str]) -> Response[bytes]:
             found = graphiql.asset(name)
             if found is None:
                 return Response(b"", status_code=404)
@@ -243,8 +258,3 @@ def _wants_html(request: Request[Any, Any, Any]) -> bool:
 
 def _too_large(limit: int) -> Response[bytes]:
     return failure(413, f"The request is over {limit} bytes", responses.PAYLOAD_TOO_LARGE)
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc)
-    return text[:200] if text else type(exc).__name__

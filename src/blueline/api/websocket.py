@@ -321,7 +321,7 @@ class Session:
                 ],
             )
             return
-        record_operation(self.caller.api_key_id, prepared.name, "ok")
+        record_operation(self.caller.api_key_id, prepared.label, "ok")
         task = asyncio.get_running_loop().create_task(self._operate(op_id, prepared))
         self._operations[op_id] = task
         task.add_done_callback(functools.partial(self._done, op_id))

@@ -17,8 +17,8 @@ that cannot answer in time surfaces as :class:`~blueline.errors.StorageUnavailab
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -116,21 +116,49 @@ class SqlConnection(Protocol):
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> None: ...
 
 
+# Called with every prebuilt statement sent through a SqlConnection (ORM statements are
+# seen by SQLAlchemy's own `before_cursor_execute` event). For tests and benchmarks
+# that count round trips; empty in production.
+STATEMENT_OBSERVERS: list[Callable[[str], None]] = []
+
+
+@contextmanager
+def observing_statements(observer: Callable[[str], None]) -> Iterator[None]:
+    STATEMENT_OBSERVERS.append(observer)
+    try:
+        yield
+    finally:
+        STATEMENT_OBSERVERS.remove(observer)
+
+
+def _observe(sql: str) -> None:
+    for observer in STATEMENT_OBSERVERS:
+        observer(sql)
+
+
 class AsyncpgConnection:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
 
     async def fetchval(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        if STATEMENT_OBSERVERS:
+            _observe(sql)
         return await self._conn.fetchval(sql, *args)
 
     async def fetchrow(self, sql: str, args: Sequence[Any] = ()) -> Sequence[Any] | None:
+        if STATEMENT_OBSERVERS:
+            _observe(sql)
         row = await self._conn.fetchrow(sql, *args)
         return None if row is None else tuple(row)
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        if STATEMENT_OBSERVERS:
+            _observe(sql)
         return [tuple(row) for row in await self._conn.fetch(sql, *args)]
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        if STATEMENT_OBSERVERS:
+            _observe(sql)
         await self._conn.execute(sql, *args)
 
 
@@ -141,18 +169,23 @@ class AlchemyConnection:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
+    async def _run(self, sql: str, args: Sequence[Any]) -> Any:
+        if STATEMENT_OBSERVERS:
+            _observe(sql)
+        return await self._conn.exec_driver_sql(sql, tuple(args))
+
     async def fetchval(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        return (await self._conn.exec_driver_sql(sql, tuple(args))).scalar()
+        return (await self._run(sql, args)).scalar()
 
     async def fetchrow(self, sql: str, args: Sequence[Any] = ()) -> Sequence[Any] | None:
-        row = (await self._conn.exec_driver_sql(sql, tuple(args))).first()
+        row = (await self._run(sql, args)).first()
         return None if row is None else tuple(row)
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
-        return [tuple(row) for row in (await self._conn.exec_driver_sql(sql, tuple(args))).all()]
+        return [tuple(row) for row in (await self._run(sql, args)).all()]
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
-        await self._conn.exec_driver_sql(sql, tuple(args))
+        await self._run(sql, args)
 
 
 class Database:

@@ -31,7 +31,9 @@ def parse_event_id(value: str) -> int | None:
     body = value.removeprefix(_EVENT_ID_PREFIX)
     if body == value or len(body) != _EVENT_ID_WIDTH:
         return None
-    return ids.decode_sortable(body)
+    seq = ids.decode_sortable(body)
+    # 13 base32 digits reach past a BIGINT: such an id names no event.
+    return seq if seq is not None and seq < 2**63 else None
 
 
 @dataclass(frozen=True)

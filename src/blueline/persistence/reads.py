@@ -265,7 +265,7 @@ def _list_root(b: SqlBuilder, index: int, root: rm.ListRoot, pick: Pick) -> str:
             info: list[tuple[str, str]] = []
             for info_pick in conn_pick.children.picks:
                 if info_pick.name == "hasNextPage":
-                    info.append((info_pick.key, d.json_bool(f"count(*) > {first}")))
+                    info.append((info_pick.key, d.json_bool(f"count(page.k) > {first}")))
                 elif info_pick.name == "hasPreviousPage":
                     # Rows at or after the cursor's key come before this page.
                     if after is None:
@@ -298,7 +298,12 @@ def _list_root(b: SqlBuilder, index: int, root: rm.ListRoot, pick: Pick) -> str:
             )
         else:
             members.append((conn_pick.key, sql_literal(json.dumps(connection.name))))
-    return f"(SELECT {_json_object(members)} FROM ({page}) page)"
+    # Joined onto one row and grouped by it, so the connection is one row even when the
+    # page is empty (and whether or not any member aggregates).
+    return (
+        f"(SELECT {_json_object(members)} FROM (SELECT 1 AS one) base "
+        f"LEFT JOIN ({page}) page ON TRUE GROUP BY base.one)"
+    )
 
 
 def compile_query(

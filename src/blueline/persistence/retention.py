@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.orm import aliased
 from sqlmodel import col
 
 from blueline.errors import InvalidInput
@@ -36,9 +37,15 @@ async def prune(db: Database, days: float = MIN_RETENTION_DAYS) -> Pruned:
         deliveries = await session.execute(
             delete(WebhookDelivery).where(col(WebhookDelivery.received_at) < cutoff)
         )
-        # The newest event always stays: its seq is where numbering continues, and a
-        # subscriber's `after` must never come to mean a different, later event.
-        newest = select(func.max(col(Event.seq))).scalar_subquery()
+        # Numbering lives in the workspace row, so pruning never restarts it; each
+        # workspace's newest event stays anyway, so a subscriber that is up to date can
+        # resume with `after` however quiet the workspace has been.
+        newer = aliased(Event)
+        newest = (
+            select(func.max(col(newer.seq)))
+            .where(col(newer.workspace_id) == col(Event.workspace_id))
+            .scalar_subquery()
+        )
         events = await session.execute(
             delete(Event)
             .where(col(Event.created_at) < cutoff)

@@ -30,7 +30,7 @@ def _parse(value: Any) -> datetime:
 DateTime = NewType("DateTime", str)
 
 # Registered with the schema's StrawberryConfig(scalar_map=SCALARS).
-SCALARS = {
+SCALARS: dict[object, Any] = {
     DateTime: strawberry.scalar(
         name="DateTime",
         description="A point in time: RFC 3339 in UTC, e.g. 2026-12-01T09:30:00.000000Z",

@@ -181,6 +181,7 @@ class WebhookIntake:
         release_operation: str | None = None
         now = utcnow()
         async with self._db.write() as conn:
+            logged = "ignored"
             if assignment is None:
                 outcome = Outcome.IGNORED
                 events: list[Any] = []
@@ -195,6 +196,7 @@ class WebhookIntake:
                     now=now,
                 )
                 outcome = _OUTCOMES[assigned.result]
+                logged = assigned.result.value
                 events = assigned.events
                 if assigned.result is AssignResult.RELEASED and assigned.line_id is not None:
                     release_operation = await self._lifecycle.note_release_upstream(
@@ -206,7 +208,7 @@ class WebhookIntake:
                 setup_id=setup_id,
                 webhook_id=webhook_id,
                 event_type=event_type[:64],
-                outcome=outcome.value,
+                outcome=logged,
                 now=now,
             )
         await self._publisher.publish(events)
