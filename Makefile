@@ -37,6 +37,7 @@ run: $(STAMP)
 test: $(STAMP) $(NODE_STAMP) $(PEERS_STAMP)
 	$(BIN)/ruff check src tests $(wildcard bench)
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest
 
 lint: $(STAMP)

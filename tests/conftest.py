@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
+from blueline.access import create_api_key
 from blueline.app import create_app, uvicorn_options
 from blueline.persistence.database import Database
 from blueline.runtime import Runtime, open_runtime
-from blueline.security.access import create_api_key
 from blueline.settings import SANDBOX_PARTNER_KEY, Settings
 from blueline_sandbox import create_sandbox_app
 from tests.support.asgi_server import free_port, serve_asgi

@@ -78,9 +78,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Imported after the checks so a refusal is immediate.
     import uvicorn
 
+    from blueline.access import bootstrap_default_workspace
     from blueline.app import create_app, uvicorn_options
     from blueline.runtime import load_vault
-    from blueline.security.access import bootstrap_default_workspace
 
     if settings.is_production and settings.database_url.get_secret_value().startswith("sqlite"):
         logging.getLogger("blueline").warning(
@@ -104,7 +104,7 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
 
 
 def cmd_api_keys_create(args: argparse.Namespace) -> int:
-    from blueline.security.access import create_api_key
+    from blueline.access import create_api_key
 
     key = _on_database(_settings(), lambda db: create_api_key(db, args.workspace))
     print(f"API key for workspace {args.workspace.strip()!r} (shown once, store it now):")
@@ -113,7 +113,7 @@ def cmd_api_keys_create(args: argparse.Namespace) -> int:
 
 
 def cmd_api_keys_list(args: argparse.Namespace) -> int:
-    from blueline.security.access import list_api_keys
+    from blueline.access import list_api_keys
 
     def when(value: object) -> str:
         return value.isoformat(timespec="seconds") if isinstance(value, datetime) else "-"
@@ -128,7 +128,7 @@ def cmd_api_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_api_keys_revoke(args: argparse.Namespace) -> int:
-    from blueline.security.access import REVOKED_MESSAGE, revoke_api_key
+    from blueline.access import REVOKED_MESSAGE, revoke_api_key
 
     settings = _settings()
     _on_database(settings, lambda db: revoke_api_key(db, args.key_id))
@@ -175,8 +175,8 @@ def cmd_sandbox_provider(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_rotate(_args: argparse.Namespace) -> int:
+    from blueline.rotation import rotate_all
     from blueline.runtime import load_vault
-    from blueline.security.rotation import rotate_all
 
     settings = _settings()
     vault = load_vault(settings)

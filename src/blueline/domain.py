@@ -79,6 +79,14 @@ def api_key_actor(key_id: str) -> str:
 
 
 @dataclass(frozen=True)
+class Caller:
+    """Who is asking: an API key of a workspace."""
+
+    workspace_id: str
+    api_key_id: str
+
+
+@dataclass(frozen=True)
 class Origin:
     """Who caused a change, and the request it came from (audit's actor and request id)."""
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from blueline.access import Authenticator
 from blueline.domain import ACTOR_RECOVERY, Origin
 from blueline.events.bus import EventBus, create_bus
 from blueline.events.publisher import Publisher
@@ -31,7 +32,6 @@ from blueline.provisioning.assignment import Assigner
 from blueline.provisioning.lifecycle import Lifecycle
 from blueline.provisioning.service import Provisioning, RecoveryReport
 from blueline.rate_limit import RateLimiter
-from blueline.security.access import Authenticator
 from blueline.security.chain import Sealer
 from blueline.security.vault import Keyring, Vault
 from blueline.settings import Settings

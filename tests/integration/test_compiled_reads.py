@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from blueline.access import create_api_key
 from blueline.app import create_app
 from blueline.persistence.database import Database, observing_statements
-from blueline.security.access import create_api_key
 from tests.conftest import configure_sandbox, make_settings, served_like
 from tests.support.asgi_server import serve_asgi
 

@@ -19,8 +19,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from blueline import ids
+from blueline.access import create_api_key
 from blueline.persistence.database import Database, observing_statements
-from blueline.security.access import create_api_key
 from blueline.settings import Settings
 from tests.conftest import Api, configure_sandbox
 

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlmodel import col
 
+from blueline.access import create_api_key
 from blueline.domain import Origin
 from blueline.errors import ProviderUnavailable
 from blueline.persistence import queries
@@ -31,7 +32,6 @@ from blueline.persistence.models import (
 from blueline.persistence.setups import SetupStore
 from blueline.persistence.types import utcnow
 from blueline.runtime import Runtime, open_runtime
-from blueline.security.access import create_api_key
 from blueline.security.vault import credentials_aad, webhook_secret_aad
 from blueline.settings import SANDBOX_PARTNER_KEY, Settings
 from tests.conftest import Api, configure_sandbox, make_settings

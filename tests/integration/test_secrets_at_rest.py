@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlmodel import col
 
 from blueline import ids
+from blueline.access import create_api_key
 from blueline.domain import Origin
 from blueline.errors import DecryptionFailed
 from blueline.persistence.database import Database
@@ -33,9 +34,8 @@ from blueline.persistence.models import (
     SetupStatus,
 )
 from blueline.persistence.types import utcnow
+from blueline.rotation import rotate_all
 from blueline.runtime import Runtime, open_runtime
-from blueline.security.access import create_api_key
-from blueline.security.rotation import rotate_all
 from blueline.security.vault import Keyring, Vault, credentials_aad, webhook_secret_aad
 from blueline.settings import Settings
 from blueline.webhooks import signature

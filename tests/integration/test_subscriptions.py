@@ -9,8 +9,8 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from blueline.access import create_api_key
 from blueline.persistence.database import Database
-from blueline.security.access import create_api_key
 from blueline.settings import Settings
 from tests.conftest import Api, make_settings
 from tests.integration.test_graphql_setups import create

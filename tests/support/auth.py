@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from blueline.access import Authenticator, Caller
 from blueline.persistence.database import Database
-from blueline.security.access import Authenticator, Caller
 
 
 async def authenticate(db: Database, header: str | None) -> Caller | None:

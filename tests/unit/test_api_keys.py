@@ -15,16 +15,16 @@ from hypothesis import strategies as st
 from sqlalchemy import select, text
 from sqlmodel import col
 
-from blueline.errors import InvalidInput
-from blueline.persistence.database import Database
-from blueline.persistence.models import ApiKey, Workspace
-from blueline.security import api_keys
-from blueline.security.access import (
+from blueline.access import (
     Authenticator,
     Caller,
     bootstrap_default_workspace,
     create_api_key,
 )
+from blueline.errors import InvalidInput
+from blueline.persistence.database import Database
+from blueline.persistence.models import ApiKey, Workspace
+from blueline.security import api_keys
 
 
 async def authenticate(db: Database, header: str | None) -> Caller | None:

@@ -1,6 +1,6 @@
 """Authentication of GraphQL HTTP requests: the API key check as Litestar middleware,
 setting ``connection.auth`` to the caller (WebSockets authenticate at connection_init,
-through the same :class:`~blueline.security.access.Authenticator`).
+through the same :class:`~blueline.access.Authenticator`).
 
 A client sending bad keys spends its own budget (per address), so guessing keys or
 flooding with garbage cannot make every request a database lookup.

@@ -24,9 +24,9 @@ from strawberry.http.streaming import MultipartSubscriptionTransport, merge_stre
 from blueline import graphiql
 from blueline.api import responses
 from blueline.api.live import LiveEnd, Operation, Runner
+from blueline.domain import Caller
 from blueline.observability.metrics import record_operation
 from blueline.observability.request_id import current_request_id
-from blueline.security.access import Caller
 
 logger = logging.getLogger("blueline.graphql")
 

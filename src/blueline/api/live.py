@@ -26,12 +26,12 @@ from blueline.api.planning import (
     render_update,
 )
 from blueline.api.schema import BluelineSchema
+from blueline.domain import Caller
 from blueline.errors import BluelineError, StorageUnavailable
 from blueline.events.stream import CLOSE_FORBIDDEN, REVOKED, StreamEnded
 from blueline.events.updates import line_updates, setup_updates, update_record
 from blueline.runtime import Runtime
 from blueline.schema.context import Context
-from blueline.security.access import Caller
 from blueline.selection import Pick, QueryPlan, Selection, Slot
 
 logger = logging.getLogger("blueline.graphql")

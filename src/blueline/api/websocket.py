@@ -30,9 +30,9 @@ from litestar.exceptions import WebSocketDisconnect
 
 from blueline.api import responses
 from blueline.api.live import LiveEnd, Operation, Runner
+from blueline.domain import Caller
 from blueline.observability.metrics import record_operation
 from blueline.observability.request_id import current_request_id
-from blueline.security.access import Caller
 from blueline.settings import Settings, normalize_origin
 
 logger = logging.getLogger("blueline.ws")

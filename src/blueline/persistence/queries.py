@@ -39,6 +39,20 @@ async def setups_in_state(
     return list((await session.execute(query)).scalars())
 
 
+async def lock_setups_after(
+    session: AsyncSession, last_id: str, limit: int
+) -> list[IMessageSetup]:
+    """The next batch of setups by id, locked (for re-encrypting their secrets)."""
+    query = (
+        select(IMessageSetup)
+        .where(col(IMessageSetup.id) > last_id)
+        .order_by(col(IMessageSetup.id))
+        .limit(limit)
+        .with_for_update()
+    )
+    return list((await session.execute(query)).scalars())
+
+
 async def mark_failed(session: AsyncSession, setup_id: str, reason: str) -> None:
     """A create the provider refused or never answered: the key is released so a retry
     with it starts afresh, and recovery closes whatever the provider made anyway."""
@@ -86,15 +100,6 @@ async def touch_api_key(session: AsyncSession, key_id: str) -> None:
     await session.execute(
         update(ApiKey).where(col(ApiKey.id) == key_id).values(last_used_at=utcnow())
     )
-
-
-async def api_key_active(session: AsyncSession, key_id: str) -> bool:
-    query = (
-        select(col(ApiKey.id))
-        .where(col(ApiKey.id) == key_id)
-        .where(col(ApiKey.revoked_at).is_(None))
-    )
-    return (await session.execute(query)).first() is not None
 
 
 async def revoked_since(session: AsyncSession, since: datetime) -> list[tuple[str, datetime]]:

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any
 from graphql import GraphQLError
 from strawberry.types import Info
 
-from blueline.domain import Origin, api_key_actor
-from blueline.security.access import Caller
+from blueline.domain import Caller, Origin, api_key_actor
 
 if TYPE_CHECKING:
     from blueline.runtime import Runtime

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.exc import IntegrityError
 
 from blueline import ids
+from blueline.domain import Caller
 from blueline.errors import InvalidInput, NotFound
 from blueline.persistence import queries
 from blueline.persistence.database import Database
@@ -36,11 +37,7 @@ DEFAULT_WORKSPACE = "default"
 LAST_USED_GRANULARITY = timedelta(minutes=1)
 REVOKED_MESSAGE = "revoked_api_key"
 
-
-@dataclass(frozen=True)
-class Caller:
-    workspace_id: str
-    api_key_id: str
+__all__ = ["Authenticator", "Caller", "create_api_key", "list_api_keys", "revoke_api_key"]
 
 
 def _check_name(name: str) -> str:

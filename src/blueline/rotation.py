@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlmodel import col
-
+from blueline.persistence import queries
 from blueline.persistence.database import Database
-from blueline.persistence.models import IMessageSetup
 from blueline.security.vault import Vault, credentials_aad, webhook_secret_aad
 
 _BATCH = 200
@@ -18,19 +15,7 @@ async def rotate_all(db: Database, vault: Vault) -> int:
     last_id = ""
     while True:
         async with db.transaction() as session:
-            setups = (
-                (
-                    await session.execute(
-                        select(IMessageSetup)
-                        .where(col(IMessageSetup.id) > last_id)
-                        .order_by(col(IMessageSetup.id))
-                        .limit(_BATCH)
-                        .with_for_update()
-                    )
-                )
-                .scalars()
-                .all()
-            )
+            setups = await queries.lock_setups_after(session, last_id, _BATCH)
             if not setups:
                 return changed
             for setup in setups:
