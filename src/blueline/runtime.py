@@ -143,6 +143,7 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.intake.close()
         await self.lifecycle.wait_background()
         await self.authenticator.stop()
         await self.publisher.stop()

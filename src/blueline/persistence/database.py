@@ -17,6 +17,8 @@ that cannot answer in time surfaces as :class:`~blueline.errors.StorageUnavailab
 from __future__ import annotations
 
 import asyncio
+import functools
+import re
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -242,6 +244,11 @@ class Database:
                     limits = self.limits
                     self._raw_pool = await asyncpg.create_pool(
                         dsn.render_as_string(hide_password=False),
+                        # The default reset sends RESET ALL, UNLISTEN … on every
+                        # release: a round trip per request. Nothing here sets session
+                        # state (no SET, LISTEN or session-level advisory lock), and an
+                        # open transaction is still rolled back by asyncpg itself.
+                        reset=_keep_session,
                         min_size=1,
                         max_size=limits.raw_pool_size,
                         timeout=limits.connect_timeout_s,
@@ -289,6 +296,47 @@ class Database:
             pool, self._raw_pool = self._raw_pool, None
             await pool.close()
         await self.engine.dispose()
+
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+async def run_together(
+    conn: SqlConnection, dialect: Dialect, parts: Sequence[tuple[str, Sequence[Any]]]
+) -> list[Sequence[Any]]:
+    """Run statements in order and return the last one's rows: on PostgreSQL as one
+    statement (data-modifying CTEs, one round trip), on SQLite one after the other.
+
+    The statements must not depend on each other's effects (in one PostgreSQL
+    statement they all see the snapshot from before it).
+    """
+    if not dialect.is_postgresql:
+        rows: list[Sequence[Any]] = []
+        for sql, args in parts:
+            if "RETURNING" in sql:
+                rows = await conn.fetch(sql, args)
+            else:
+                await conn.execute(sql, args)
+                rows = []
+        return rows
+    pieces: list[str] = []
+    arguments: list[Any] = []
+    for position, (sql, args) in enumerate(parts):
+        renumbered = _PLACEHOLDER.sub(functools.partial(_shifted, offset=len(arguments)), sql)
+        pieces.append(f"g{position} AS ({renumbered})")
+        arguments.extend(args)
+    last = len(parts) - 1
+    returns = "RETURNING" in parts[last][0]
+    select = f"SELECT * FROM g{last}" if returns else "SELECT 1"
+    return await conn.fetch(f"WITH {', '.join(pieces)} {select}", arguments)
+
+
+def _shifted(match: re.Match[str], *, offset: int) -> str:
+    return f"${int(match.group(1)) + offset}"
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    return None
 
 
 @asynccontextmanager

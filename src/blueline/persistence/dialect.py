@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -108,6 +109,25 @@ class Dialect:
 
     def members(self, values: list[str]) -> Any:
         return list(values) if self.is_postgresql else json.dumps(values)
+
+    def rows(self, index: int, alias: str, columns: Sequence[tuple[str, ParamType]]) -> str:
+        """A table named ``alias`` of the rows bound at ``index`` (see :meth:`rows_value`):
+        one statement text applies a whole batch, whatever its size."""
+        if self.is_postgresql:
+            typed = ", ".join(f"{name} {kind}" for name, kind in columns)
+            return f"json_to_recordset(${index}::json) AS {alias}({typed})"
+        picked = ", ".join(f"json_extract(value, '$.{name}') AS {name}" for name, _ in columns)
+        return f"(SELECT {picked} FROM json_each(?{index})) AS {alias}"
+
+    @staticmethod
+    def rows_value(rows: Sequence[Mapping[str, Any]]) -> str:
+        return json.dumps(list(rows), separators=(",", ":"))
+
+    @property
+    def lock_rows(self) -> str:
+        """Appended to a SELECT to lock its rows (SQLite's write lock already serialises
+        writers)."""
+        return " FOR UPDATE" if self.is_postgresql else ""
 
     # -- values bound to and read from raw statements
 

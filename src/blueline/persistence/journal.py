@@ -1,24 +1,28 @@
 """What every change writes beside itself, in its own transaction: its events (with the
 read-model snapshot they carry) and its audit records (sealed into the workspace's chain).
 
-The workspace row is locked and its counters advanced by one UPDATE, taken last in the
-transaction so it is held only until commit. That lock orders the workspace's events
-and audit records by commit: numbers never go backwards, replay ``after`` a number
-never misses a later commit, and each audit record's predecessor is settled.
+The workspace rows are locked and their counters advanced by one UPDATE, taken last in
+the transaction so they are held only until commit. That lock orders a workspace's
+events and audit records by commit: numbers never go backwards, replay ``after`` a
+number never misses a later commit, and each audit record's predecessor is settled.
+
+A whole batch of changes (the webhook intake applies deliveries in batches) is written
+with the same four statements as a single change: advance the counters, insert the
+events, insert the audit records, store the chains' new heads.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from blueline import ids
 from blueline import readmodel as rm
 from blueline.domain import AuditAction, Origin, SetupChange
-from blueline.persistence.database import SqlConnection
+from blueline.persistence.database import SqlConnection, run_together
 from blueline.persistence.dialect import Dialect
 from blueline.persistence.eventlog import LiveEvent
 from blueline.persistence.reads import SqlBuilder, record_sql
@@ -44,6 +48,22 @@ class Audit:
     changes: Mapping[str, tuple[Any, Any]] | None = None
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One change's events and audit records, in one workspace, by one origin."""
+
+    workspace_id: str
+    origin: Origin
+    events: Sequence[Change] = ()
+    audits: Sequence[Audit] = ()
+
+
+@dataclass
+class _Pending:
+    entry: Entry
+    event_rows: list[dict[str, Any]] = field(default_factory=list)
+
+
 def changes_text(changes: Mapping[str, tuple[Any, Any]] | None) -> str:
     return json.dumps(
         {k: [wire(before), wire(after)] for k, (before, after) in (changes or {}).items()},
@@ -52,53 +72,70 @@ def changes_text(changes: Mapping[str, tuple[Any, Any]] | None) -> str:
     )
 
 
+_AUDIT_COLUMNS: tuple[tuple[str, Any], ...] = (
+    ("id", "text"),
+    ("workspace_id", "text"),
+    ("seq", "bigint"),
+    ("action", "text"),
+    ("actor", "text"),
+    ("setup_id", "text"),
+    ("phone_line_id", "text"),
+    ("request_id", "text"),
+    ("changes", "text"),
+    ("prev_hash", "text"),
+    ("hash", "text"),
+    ("key_id", "text"),
+)
+
+
 class Journal:
     def __init__(self, dialect: Dialect, sealer: Sealer) -> None:
-        self._dialect = dialect
+        self._dialect = d = dialect
         self._sealer = sealer
-        p = dialect.placeholder
+        p = d.placeholder
         self._advance = (
-            f"UPDATE workspace SET event_seq = event_seq + {p(2, 'bigint')}, "
-            f"audit_seq = audit_seq + {p(3, 'bigint')} WHERE id = {p(1, 'text')} "
-            "RETURNING event_seq, audit_seq, audit_head"
+            "UPDATE workspace SET event_seq = workspace.event_seq + c.events, "
+            "audit_seq = workspace.audit_seq + c.audits FROM "
+            + d.rows(1, "c", (("id", "text"), ("events", "bigint"), ("audits", "bigint")))
+            + " WHERE workspace.id = c.id "
+            "RETURNING workspace.id, workspace.event_seq, workspace.audit_seq, "
+            "workspace.audit_head"
         )
-        self._head = f"UPDATE workspace SET audit_head = {p(2, 'text')} WHERE id = {p(1, 'text')}"
-        b = SqlBuilder(dialect)
+        b = SqlBuilder(d)
         line = b.alias()
         snapshot = (
             "'{\"setup\":' || " + record_sql(b, rm.SETUP, "s") + " || ',\"line\":' || "
             f"COALESCE((SELECT {record_sql(b, rm.PHONE_LINE, line)} FROM {rm.PHONE_LINE.table} "
-            f"{line} WHERE {line}.id = {b.param('line_id', 'text')}), 'null') || '}}'"
+            f"{line} WHERE {line}.id = e.line_id), 'null') || '}}'"
         )
-        self._insert_event = (
+        assert not b.slots(), "snapshots take no parameters"
+        self._insert_events = (
             "INSERT INTO event (id, workspace_id, seq, setup_id, line_id, type, payload, "
-            f"created_at) SELECT {b.param('event_id', 'text')}, s.workspace_id, "
-            f"{b.param('seq', 'bigint')}, s.id, {b.param('line_id', 'text')}, "
-            f"{b.param('change', 'text')}, {snapshot}, {b.param('now', 'timestamptz')} "
-            f"FROM {rm.SETUP.table} s WHERE s.id = {b.param('setup_id', 'text')} RETURNING payload"
+            f"created_at) SELECT e.id, s.workspace_id, e.seq, s.id, e.line_id, e.change, "
+            f"{snapshot}, {p(2, 'timestamptz')} FROM "
+            + d.rows(
+                1,
+                "e",
+                (
+                    ("id", "text"),
+                    ("seq", "bigint"),
+                    ("setup_id", "text"),
+                    ("line_id", "text"),
+                    ("change", "text"),
+                ),
+            )
+            + f" JOIN {rm.SETUP.table} s ON s.id = e.setup_id RETURNING id, payload"
         )
-        self._event_slots = b.slots()
-        audit_columns = (
-            "id",
-            "workspace_id",
-            "seq",
-            "occurred_at",
-            "action",
-            "actor",
-            "setup_id",
-            "phone_line_id",
-            "request_id",
-            "changes",
-            "prev_hash",
-            "hash",
-            "key_id",
+        names = ", ".join(name for name, _ in _AUDIT_COLUMNS)
+        picked = ", ".join(f"a.{name}" for name, _ in _AUDIT_COLUMNS)
+        self._insert_audits = (
+            f"INSERT INTO audit_event ({names}, occurred_at) SELECT {picked}, "
+            f"{p(2, 'timestamptz')} FROM " + d.rows(1, "a", _AUDIT_COLUMNS)
         )
-        self._audit_columns = audit_columns
-        kinds = {"seq": "bigint", "occurred_at": "timestamptz"}
-        self._insert_audit = (
-            f"INSERT INTO audit_event ({', '.join(audit_columns)}) VALUES ("
-            + ", ".join(p(i + 1, kinds.get(c, "text")) for i, c in enumerate(audit_columns))  # type: ignore[arg-type]
-            + ")"
+        self._heads = (
+            "UPDATE workspace SET audit_head = h.head FROM "
+            + d.rows(1, "h", (("id", "text"), ("head", "text")))
+            + " WHERE workspace.id = h.id"
         )
 
     async def append(
@@ -110,62 +147,113 @@ class Journal:
         audits: Sequence[Audit],
         now: datetime,
     ) -> list[LiveEvent]:
-        """Record ``events`` and ``audits`` in ``conn``'s transaction; the events to
-        publish once it commits."""
-        if not events and not audits:
-            return []
-        row = await conn.fetchrow(self._advance, (workspace_id, len(events), len(audits)))
-        if row is None:
-            raise LookupError(f"no workspace {workspace_id}")
-        event_top, audit_top, head = int(row[0]), int(row[1]), str(row[2])
-        live: list[LiveEvent] = []
-        for offset, change in enumerate(events):
-            seq = event_top - len(events) + offset + 1
-            row_id = ids.new_id(ids.EVENT)
-            values = {
-                "event_id": row_id,
-                "seq": seq,
-                "line_id": change.line_id,
-                "change": change.change.value,
-                "now": self._dialect.timestamp(now),
-                "setup_id": change.setup_id,
-            }
-            payload = await conn.fetchval(
-                self._insert_event, tuple(values[s] for s in self._event_slots)
-            )
-            live.append(
-                LiveEvent(
-                    workspace_id=workspace_id,
-                    seq=seq,
-                    row_id=row_id,
-                    setup_id=change.setup_id,
-                    line_id=change.line_id,
-                    change=change.change.value,
-                    payload=str(payload),
-                )
-            )
-        for offset, audit in enumerate(audits):
-            record: dict[str, Any] = {
-                "id": ids.new_id(ids.AUDIT_EVENT),
-                "workspace_id": workspace_id,
-                "seq": audit_top - len(audits) + offset + 1,
-                "occurred_at": wire_datetime(now),
-                "action": audit.action.value,
-                "actor": origin.actor,
-                "setup_id": audit.setup_id,
-                "phone_line_id": audit.line_id,
-                "request_id": origin.request_id,
-                "changes": changes_text(audit.changes),
-                "prev_hash": head,
-            }
-            kid, head = self._sealer.seal(record)
-            stored = {
-                **record,
-                "occurred_at": self._dialect.timestamp(now),
-                "hash": head,
-                "key_id": kid,
-            }
-            await conn.execute(self._insert_audit, tuple(stored[c] for c in self._audit_columns))
-        if audits:
-            await conn.execute(self._head, (workspace_id, head))
+        """Record one change's ``events`` and ``audits`` in ``conn``'s transaction; the
+        events to publish once it commits."""
+        [live] = await self.append_many(conn, [Entry(workspace_id, origin, events, audits)], now)
         return live
+
+    async def append_many(
+        self,
+        conn: SqlConnection,
+        entries: Sequence[Entry],
+        now: datetime,
+        along: Sequence[tuple[str, Sequence[Any]]] = (),
+    ) -> list[list[LiveEvent]]:
+        """Record many changes at once; each entry's events to publish after commit.
+
+        ``along``: statements of the caller that need no workspace lock, sent in the
+        same round trip as the counters' advance (on PostgreSQL).
+        """
+        if not any(e.events or e.audits for e in entries):
+            for sql, args in along:
+                await conn.execute(sql, args)
+            return [[] for _ in entries]
+        d = self._dialect
+        counts: dict[str, list[int]] = {}
+        for entry in entries:
+            count = counts.setdefault(entry.workspace_id, [0, 0])
+            count[0] += len(entry.events)
+            count[1] += len(entry.audits)
+        # Sorted, so concurrent batches lock workspaces in one order.
+        rows = [{"id": ws, "events": n[0], "audits": n[1]} for ws, n in sorted(counts.items())]
+        returned = await run_together(conn, d, [*along, (self._advance, (d.rows_value(rows),))])
+        next_event: dict[str, int] = {}
+        next_audit: dict[str, int] = {}
+        heads: dict[str, str] = {}
+        for workspace_id, event_top, audit_top, head in returned:
+            n_events, n_audits = counts[str(workspace_id)]
+            next_event[str(workspace_id)] = int(event_top) - n_events + 1
+            next_audit[str(workspace_id)] = int(audit_top) - n_audits + 1
+            heads[str(workspace_id)] = str(head)
+        if set(next_event) != set(counts):
+            raise LookupError("a change named a workspace that does not exist")
+
+        pending: list[_Pending] = []
+        event_rows: list[dict[str, Any]] = []
+        audit_rows: list[dict[str, Any]] = []
+        occurred_at = wire_datetime(now)
+        for entry in entries:
+            item = _Pending(entry)
+            pending.append(item)
+            ws = entry.workspace_id
+            for change in entry.events:
+                row = {
+                    "id": ids.new_id(ids.EVENT),
+                    "seq": next_event[ws],
+                    "setup_id": change.setup_id,
+                    "line_id": change.line_id,
+                    "change": change.change.value,
+                }
+                next_event[ws] += 1
+                item.event_rows.append(row)
+                event_rows.append(row)
+            for audit in entry.audits:
+                record: dict[str, Any] = {
+                    "id": ids.new_id(ids.AUDIT_EVENT),
+                    "workspace_id": ws,
+                    "seq": next_audit[ws],
+                    "occurred_at": occurred_at,
+                    "action": audit.action.value,
+                    "actor": entry.origin.actor,
+                    "setup_id": audit.setup_id,
+                    "phone_line_id": audit.line_id,
+                    "request_id": entry.origin.request_id,
+                    "changes": changes_text(audit.changes),
+                    "prev_hash": heads[ws],
+                }
+                next_audit[ws] += 1
+                kid, heads[ws] = self._sealer.seal(record)
+                del record["occurred_at"]  # bound once for the batch, as `now`
+                audit_rows.append({**record, "hash": heads[ws], "key_id": kid})
+
+        # One round trip for the rest: audit records and heads, then the events (whose
+        # snapshots come back to be published).
+        parts: list[tuple[str, Sequence[Any]]] = []
+        if audit_rows:
+            changed = sorted(ws for ws, n in counts.items() if n[1])
+            parts.append((self._insert_audits, (d.rows_value(audit_rows), d.timestamp(now))))
+            parts.append(
+                (self._heads, (d.rows_value([{"id": ws, "head": heads[ws]} for ws in changed]),))
+            )
+        if event_rows:
+            parts.append((self._insert_events, (d.rows_value(event_rows), d.timestamp(now))))
+        payloads: dict[str, str] = {}
+        rows_back = await run_together(conn, d, parts)
+        if event_rows:
+            for row_id, payload in rows_back:
+                payloads[str(row_id)] = str(payload)
+        return [
+            [
+                LiveEvent(
+                    workspace_id=item.entry.workspace_id,
+                    seq=row["seq"],
+                    row_id=row["id"],
+                    setup_id=row["setup_id"],
+                    line_id=row["line_id"],
+                    change=row["change"],
+                    payload=payloads[row["id"]],
+                )
+                for row in item.event_rows
+            ]
+            for item in pending
+        ]

@@ -39,9 +39,7 @@ async def setups_in_state(
     return list((await session.execute(query)).scalars())
 
 
-async def lock_setups_after(
-    session: AsyncSession, last_id: str, limit: int
-) -> list[IMessageSetup]:
+async def lock_setups_after(session: AsyncSession, last_id: str, limit: int) -> list[IMessageSetup]:
     """The next batch of setups by id, locked (for re-encrypting their secrets)."""
     query = (
         select(IMessageSetup)

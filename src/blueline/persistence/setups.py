@@ -229,6 +229,33 @@ class SetupStore:
             f"LIMIT {p(2, 'bigint')}"
         )
 
+        # -- batches (the webhook intake applies concurrent deliveries together)
+        # The batch's setups are locked first, in id order, as every other writer takes
+        # them (setup, then its lines, then the workspace): a batch never deadlocks
+        # with a lifecycle change of one of its setups. One statement either way.
+        self._assign_many = (
+            "WITH locked AS (SELECT s.id FROM imessage_setup s WHERE s.id IN "
+            f"(SELECT b0.setup_id FROM {d.rows(1, 'b0', (('setup_id', 'text'),))}) "
+            f"ORDER BY s.id{d.lock_rows}) "
+            f"UPDATE phone_line SET status = {sql_literal(LineStatus.ASSIGNED)}, "
+            f"phone_number = b.number, assigned_at = {p(2, 'timestamptz')} FROM "
+            + d.rows(1, "b", (("setup_id", "text"), ("request_id", "text"), ("number", "text")))
+            + " WHERE phone_line.setup_id = b.setup_id AND phone_line.request_id = b.request_id "
+            f"AND phone_line.status = {sql_literal(LineStatus.PENDING)} "
+            "AND b.setup_id IN (SELECT id FROM locked) "
+            "RETURNING phone_line.id, phone_line.setup_id, phone_line.request_id"
+        )
+        self._lines_by_requests = (
+            "SELECT l.id, l.setup_id, l.workspace_id, l.status, l.phone_number, l.request_id "
+            "FROM phone_line l JOIN "
+            + d.rows(1, "b", (("setup_id", "text"), ("request_id", "text")))
+            + " ON l.setup_id = b.setup_id AND l.request_id = b.request_id"
+        )
+        self._statuses = (
+            f"UPDATE imessage_setup SET status = {derived_status_sql('imessage_setup')}, "
+            f"updated_at = {p(2, 'timestamptz')} WHERE {d.member_of('id', 1)}"
+        )
+
     def ts(self, value: datetime) -> Any:
         return self.dialect.timestamp(value)
 
@@ -319,6 +346,31 @@ class SetupStore:
         UPDATE is also the lock: of two concurrent deliveries one updates the row)."""
         value = await conn.fetchval(self._assign, (setup_id, request_id, number, self.ts(now)))
         return None if value is None else str(value)
+
+    async def assign_many(
+        self, conn: SqlConnection, items: list[tuple[str, str, str]], now: datetime
+    ) -> dict[tuple[str, str], str]:
+        """Pending lines moved to ASSIGNED (forward only), by (setup id, request id); at
+        most one item per line (the caller's batch keeps them apart)."""
+        rows = [{"setup_id": s, "request_id": r, "number": n} for s, r, n in items]
+        found = await conn.fetch(self._assign_many, (self.dialect.rows_value(rows), self.ts(now)))
+        return {
+            (str(setup_id), str(request_id)): str(line_id)
+            for line_id, setup_id, request_id in found
+        }
+
+    async def lines_by_requests(
+        self, conn: SqlConnection, pairs: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], LineFacts]:
+        rows = [{"setup_id": s, "request_id": r} for s, r in pairs]
+        found = await conn.fetch(self._lines_by_requests, (self.dialect.rows_value(rows),))
+        lines = [_line(row) for row in found]
+        return {(line.setup_id, line.request_id or ""): line for line in lines}
+
+    async def refresh_statuses(
+        self, conn: SqlConnection, setup_ids: list[str], now: datetime
+    ) -> None:
+        await conn.execute(self._statuses, (self.dialect.members(setup_ids), self.ts(now)))
 
     async def release(self, conn: SqlConnection, line_id: str, now: datetime) -> bool:
         return await conn.fetchval(self._release, (line_id, self.ts(now))) is not None

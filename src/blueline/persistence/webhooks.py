@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from blueline.domain import SetupState
 from blueline.persistence.database import SqlConnection
@@ -23,36 +24,35 @@ class DeliveryStore:
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
         p = dialect.placeholder
-        self._secret = (
+        d = dialect
+        self._secrets = (
             "SELECT id, workspace_id, subaccount_id, webhook_secret_enc FROM imessage_setup "
-            f"WHERE id = {p(1, 'text')} AND state = {sql_literal(SetupState.READY)}"
+            f"WHERE {d.member_of('id', 1)} AND state = {sql_literal(SetupState.READY)}"
         )
+        columns = ("id", "setup_id", "webhook_id", "event_type", "outcome")
         # The first record of a webhook-id stays, except that one which named a request
-        # not yet known is updated once it applies.
-        self._record = (
-            "INSERT INTO webhook_delivery (id, setup_id, webhook_id, event_type, outcome, "
-            f"received_at) VALUES ({p(1, 'text')}, {p(2, 'text')}, {p(3, 'text')}, "
-            f"{p(4, 'text')}, {p(5, 'text')}, {p(6, 'timestamptz')}) "
-            "ON CONFLICT (setup_id, webhook_id) DO UPDATE SET outcome = excluded.outcome "
-            "WHERE webhook_delivery.outcome = 'unknown_request'"
+        # not yet known is updated once it applies. (`WHERE TRUE`: SQLite reads an
+        # INSERT … SELECT … ON CONFLICT as a join's ON without it.)
+        self._record_many = (
+            f"INSERT INTO webhook_delivery ({', '.join(columns)}, received_at) "
+            f"SELECT {', '.join('d.' + c for c in columns)}, {p(2, 'timestamptz')} FROM "
+            + d.rows(1, "d", tuple((c, "text") for c in columns))
+            + " WHERE TRUE ON CONFLICT (setup_id, webhook_id) DO UPDATE "
+            "SET outcome = excluded.outcome WHERE webhook_delivery.outcome = 'unknown_request'"
         )
 
-    async def secret_of(self, conn: SqlConnection, setup_id: str) -> SetupSecret | None:
-        row = await conn.fetchrow(self._secret, (setup_id,))
-        return None if row is None else SetupSecret(row[0], row[1], row[2], row[3])
+    async def secrets_of(self, conn: SqlConnection, setup_ids: list[str]) -> dict[str, SetupSecret]:
+        """Every path id of a batch costs the same: one indexed probe of one key."""
+        rows = await conn.fetch(self._secrets, (self.dialect.members(setup_ids),))
+        return {str(r[0]): SetupSecret(r[0], r[1], r[2], r[3]) for r in rows}
 
-    async def record(
-        self,
-        conn: SqlConnection,
-        *,
-        delivery_id: str,
-        setup_id: str,
-        webhook_id: str,
-        event_type: str,
-        outcome: str,
-        now: datetime,
-    ) -> None:
-        await conn.execute(
-            self._record,
-            (delivery_id, setup_id, webhook_id, event_type, outcome, self.dialect.timestamp(now)),
+    def record_many(
+        self, deliveries: list[dict[str, str]], now: datetime
+    ) -> tuple[str, tuple[Any, ...]]:
+        """The statement recording ``id, setup_id, webhook_id, event_type, outcome`` of
+        each delivery (at most one per setup and webhook id in a batch), to run in the
+        apply's transaction."""
+        return (
+            self._record_many,
+            (self.dialect.rows_value(deliveries), self.dialect.timestamp(now)),
         )

@@ -48,8 +48,10 @@ class Sealer:
         self._keys: dict[str, bytes] = {}
 
     def _key(self, kid: str | None) -> tuple[str, bytes] | None:
-        if kid is not None and kid in self._keys:
-            return kid, self._keys[kid]
+        kid = kid or self._vault.primary_kid
+        known = self._keys.get(kid)
+        if known is not None:
+            return kid, known
         found = self._vault.derived_key(PURPOSE, kid)
         if found is not None:
             self._keys[found[0]] = found[1]

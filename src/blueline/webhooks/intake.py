@@ -1,5 +1,6 @@
 """Webhook intake, independent of the web framework: verify, record, apply, decide the
-outcome (the route maps outcomes to HTTP).
+outcome (the route maps outcomes to HTTP). Concurrent deliveries are looked up and
+applied in batches (``batching``).
 
 Every failure before verification succeeds (unknown setup, bad signature, stale
 timestamp, a closed setup) ends as :attr:`Outcome.REJECTED` after the same work: any path
@@ -19,16 +20,17 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 from blueline import ids
+from blueline.batching import Batcher
 from blueline.domain import ACTOR_PROVIDER, Origin
 from blueline.errors import DecryptionFailed
 from blueline.events.publisher import Publisher
 from blueline.persistence.database import Database
+from blueline.persistence.eventlog import LiveEvent
 from blueline.persistence.types import utcnow
-from blueline.persistence.webhooks import DeliveryStore
-from blueline.provisioning.assignment import Assigner, AssignResult
+from blueline.persistence.webhooks import DeliveryStore, SetupSecret
+from blueline.provisioning.assignment import Assigner, AssignResult, Placement
 from blueline.provisioning.lifecycle import Lifecycle
 from blueline.rate_limit import RateLimiter
 from blueline.security.vault import Vault, webhook_secret_aad
@@ -60,6 +62,17 @@ class Assignment:
     subaccount_id: str
     request_id: str
     phone_number: str
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A verified delivery, waiting for its batch."""
+
+    workspace_id: str
+    setup_id: str
+    webhook_id: str
+    event_type: str
+    assignment: Assignment | None
 
 
 def parse_event(body: bytes) -> tuple[str, Assignment | None] | None:
@@ -117,6 +130,21 @@ class WebhookIntake:
         self._decoy = vault.encrypt(
             signature.generate_secret(), aad=webhook_secret_aad(DECOY_SETUP_ID)
         )
+        # Concurrent deliveries share their round trips: the lookups of those that
+        # arrive together are one statement, their applies one transaction. Alone, a
+        # delivery is a batch of one. A setup's deliveries never share an apply batch.
+        self._lookups: Batcher[str, SetupSecret | None] = Batcher(
+            self._lookup_batch, max_size=128, concurrency=2, name="blueline-webhook-lookups"
+        )
+        # Batches overlap their round trips; they serialise only on the workspace's
+        # counters, taken last, just before commit.
+        self._applies: Batcher[Delivery, Outcome] = Batcher(
+            self._apply_batch,
+            max_size=64,
+            concurrency=3,
+            key=lambda d: d.setup_id,
+            name="blueline-webhook-applies",
+        )
 
     async def handle(
         self, setup_id: str, headers: Mapping[str, str | None], body: bytes, client: str
@@ -126,8 +154,7 @@ class WebhookIntake:
         if not self._limits.rejections.has_tokens(client):
             return Outcome.RATE_LIMITED
         lookup = setup_id if _well_formed(setup_id) else DECOY_SETUP_ID
-        async with self._db.read() as conn:
-            found = await self._store.secret_of(conn, lookup)
+        found = await self._lookups.submit(lookup)
         if found is None or found.sealed_secret is None:
             token, aad = self._decoy, webhook_secret_aad(DECOY_SETUP_ID)
         else:
@@ -158,69 +185,89 @@ class WebhookIntake:
         event_type, assignment = parsed
         if assignment is not None and assignment.subaccount_id != found.subaccount_id:
             return Outcome.MALFORMED
-        return await self._apply(
-            found.workspace_id, found.setup_id, webhook_id, event_type, assignment
+        return await self._applies.submit(
+            Delivery(found.workspace_id, found.setup_id, webhook_id, event_type[:64], assignment)
         )
 
-    async def _apply(
-        self,
-        workspace_id: str,
-        setup_id: str,
-        webhook_id: str,
-        event_type: str,
-        assignment: Assignment | None,
-    ) -> Outcome:
-        """Apply and record in one transaction.
+    async def _lookup_batch(self, setup_ids: list[str]) -> list[SetupSecret | None]:
+        async with self._db.read() as conn:
+            found = await self._store.secrets_of(conn, sorted(set(setup_ids)))
+        return [found.get(setup_id) for setup_id in setup_ids]
+
+    async def _apply_batch(self, deliveries: list[Delivery]) -> list[Outcome]:
+        """Apply and record a batch in one transaction (one delivery per setup).
 
         A re-delivery is evaluated again rather than looked up: assignments only move
         forward, so the same delivery always yields the same answer and never a second
         change, and a delivery that once named an unknown request is applied once the
         line exists.
         """
-        origin = Origin(ACTOR_PROVIDER, webhook_id[:64])
-        release_operation: str | None = None
         now = utcnow()
+        placements = [
+            Placement(
+                d.workspace_id,
+                d.setup_id,
+                d.assignment.request_id,
+                d.assignment.phone_number,
+                Origin(ACTOR_PROVIDER, d.webhook_id[:64]),
+            )
+            for d in deliveries
+            if d.assignment is not None
+        ]
+        outcomes: list[Outcome] = []
+        events: list[LiveEvent] = []
+        releases: list[tuple[str, Origin]] = []
         async with self._db.write() as conn:
-            logged = "ignored"
-            if assignment is None:
+            placed = await self._assigner.place(conn, placements, now)
+            assigned = iter(placed.results)
+            log: list[dict[str, str]] = []
+            for delivery in deliveries:
+                logged = "ignored"
                 outcome = Outcome.IGNORED
-                events: list[Any] = []
-            else:
-                assigned = await self._assigner.assign(
-                    conn,
-                    workspace_id=workspace_id,
-                    setup_id=setup_id,
-                    request_id=assignment.request_id,
-                    phone_number=assignment.phone_number,
-                    origin=origin,
-                    now=now,
+                if delivery.assignment is not None:
+                    result = next(assigned)
+                    outcome = _OUTCOMES[result.result]
+                    logged = result.result.value
+                    if result.result is AssignResult.RELEASED and result.line_id is not None:
+                        origin = Origin(ACTOR_PROVIDER, delivery.webhook_id[:64])
+                        operation = await self._lifecycle.note_release_upstream(
+                            conn,
+                            delivery.setup_id,
+                            result.line_id,
+                            delivery.assignment.request_id,
+                            origin,
+                        )
+                        releases.append((operation, origin))
+                    if outcome is Outcome.CONFLICT:
+                        logger.warning(
+                            "conflicting assignment refused: setup %s request %s already has "
+                            "another number",
+                            delivery.setup_id,
+                            delivery.assignment.request_id,
+                        )
+                outcomes.append(outcome)
+                log.append(
+                    {
+                        "id": ids.new_id(ids.DELIVERY),
+                        "setup_id": delivery.setup_id,
+                        "webhook_id": delivery.webhook_id,
+                        "event_type": delivery.event_type,
+                        "outcome": logged,
+                    }
                 )
-                outcome = _OUTCOMES[assigned.result]
-                logged = assigned.result.value
-                events = assigned.events
-                if assigned.result is AssignResult.RELEASED and assigned.line_id is not None:
-                    release_operation = await self._lifecycle.note_release_upstream(
-                        conn, setup_id, assigned.line_id, assignment.request_id, origin
-                    )
-            await self._store.record(
-                conn,
-                delivery_id=ids.new_id(ids.DELIVERY),
-                setup_id=setup_id,
-                webhook_id=webhook_id,
-                event_type=event_type[:64],
-                outcome=logged,
-                now=now,
+            await self._assigner.finish(
+                conn, placed, now, along=[self._store.record_many(log, now)]
             )
+        for result in placed.results:
+            events += result.events
         await self._publisher.publish(events)
-        if release_operation is not None:
-            self._lifecycle.release_upstream_soon(release_operation, origin)
-        if outcome is Outcome.CONFLICT:
-            logger.warning(
-                "conflicting assignment refused: setup %s request %s already has another number",
-                setup_id,
-                assignment.request_id if assignment else "",
-            )
-        return outcome
+        for operation, origin in releases:
+            self._lifecycle.release_upstream_soon(operation, origin)
+        return outcomes
+
+    async def close(self) -> None:
+        await self._lookups.close()
+        await self._applies.close()
 
 
 _OUTCOMES = {

@@ -1,0 +1,111 @@
+"""Work that arrives concurrently, done in batches: callers submit one item each and
+get their own result; workers process whatever has queued as one batch.
+
+Under load a batch holds everything that arrived while the previous ones ran, so the
+fixed cost of a round trip, a transaction or a commit is shared; alone, an item is a
+batch of one and waits for nobody. Up to ``concurrency`` batches run at once. Items
+with the same ``key`` never share a batch, nor run in two batches at once (the later
+waits), so a batch can treat its items as independent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Batcher(Generic[T, R]):
+    def __init__(
+        self,
+        process: Callable[[list[T]], Awaitable[list[R]]],
+        *,
+        max_size: int = 64,
+        concurrency: int = 1,
+        key: Callable[[T], Hashable] | None = None,
+        name: str = "blueline-batcher",
+    ) -> None:
+        self._process = process
+        self._max = max_size
+        self._concurrency = concurrency
+        self._key = key
+        self._name = name
+        self._queue: deque[tuple[T, asyncio.Future[R]]] = deque()
+        self._busy_keys: set[Hashable] = set()
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def submit(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        self._start()
+        return await future
+
+    def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue and len(self._running) < self._concurrency:
+            batch = self._take()
+            if not batch:
+                return
+            task = loop.create_task(self._run(batch), name=self._name)
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if not task.cancelled():
+            self._start()
+
+    def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
+        batch: list[tuple[T, asyncio.Future[R]]] = []
+        kept: deque[tuple[T, asyncio.Future[R]]] = deque()
+        while self._queue and len(batch) < self._max:
+            entry = self._queue.popleft()
+            if entry[1].done():  # its caller went away
+                continue
+            if self._key is not None:
+                key = self._key(entry[0])
+                if key in self._busy_keys:
+                    kept.append(entry)
+                    continue
+                self._busy_keys.add(key)
+            batch.append(entry)
+        kept.extend(self._queue)
+        self._queue = kept
+        return batch
+
+    async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            results = await self._process([item for item, _ in batch])
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        finally:
+            if self._key is not None:
+                for item, _ in batch:
+                    self._busy_keys.discard(self._key(item))
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    async def close(self) -> None:
+        running = list(self._running)
+        for task in running:
+            task.cancel()
+        for task in running:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._running.clear()
+        while self._queue:
+            _, future = self._queue.popleft()
+            future.cancel()
