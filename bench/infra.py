@@ -225,6 +225,10 @@ UNREACHABLE_RATE_LIMITS = {
     "BLUELINE_WEBHOOK_RATE_PER_CLIENT_PER_S": "1e9",
     "BLUELINE_WEBHOOK_RATE_PER_SETUP_PER_S": "1e9",
     "BLUELINE_GRAPHQL_RATE_PER_KEY_PER_S": "1e9",
+    "BLUELINE_AUTH_FAILURES_PER_CLIENT_PER_S": "1e9",
+    # Fan-out opens thousands of sockets from this one address.
+    "BLUELINE_WS_MAX_CONNECTIONS_PER_CLIENT": "100000",
+    "BLUELINE_WS_MAX_CONNECTIONS": "100000",
 }
 
 
@@ -260,6 +264,8 @@ def server_env(
 class ServerProcess:
     """``python -m bench.server``: ``create_app(settings)`` under one uvicorn worker."""
 
+    ready_path = "/readyz"
+
     def __init__(self, name: str, env: Mapping[str, str], log_dir: Path, *args: str) -> None:
         self.name = name
         self.port = int(env["BLUELINE_PORT"])
@@ -267,13 +273,16 @@ class ServerProcess:
         self.log_path = log_dir / f"{name}-{self.port}.log"
         with self.log_path.open("wb") as log:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "bench.server", *args],
+                self.command(*args),
                 env=dict(env),
                 cwd=REPO_ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "bench.server", *args]
 
     @property
     def pid(self) -> int:
@@ -296,7 +305,7 @@ class ServerProcess:
                 if self.popen.poll() is not None:
                     raise RuntimeError(f"{self.name} exited early:\n{self.log_tail()}")
                 try:
-                    if (await client.get("/readyz")).status_code == 200:
+                    if (await client.get(self.ready_path)).status_code == 200:
                         return
                 except httpx.TransportError:
                     pass
@@ -330,15 +339,41 @@ class ServerProcess:
 ServerSpec = tuple[str, dict[str, str], list[str]]
 
 
+class SandboxProcess(ServerProcess):
+    """``blueline sandbox-provider``: the provider simulator in a process of its own, as a
+    real provider would be; ``BLUELINE_PORT`` in ``env`` is where it listens."""
+
+    ready_path = "/sandbox/config"
+
+    def command(self, *args: str) -> list[str]:
+        return [
+            sys.executable,
+            "-c",
+            "from blueline.cli import main; main()",
+            "sandbox-provider",
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            *args,
+        ]
+
+
+def sandbox_env(port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BLUELINE_")}
+    env.update({"PYTHONUNBUFFERED": "1", "BLUELINE_PORT": str(port)})
+    return env
+
+
 @asynccontextmanager
 async def running_servers(
-    specs: list[ServerSpec], log_dir: Path
+    specs: list[ServerSpec], log_dir: Path, kind: type[ServerProcess] = ServerProcess
 ) -> AsyncIterator[list[ServerProcess]]:
     """Start servers (name, env, args), wait until each is ready, stop them all at the end."""
     servers: list[ServerProcess] = []
     try:
         for name, env, args in specs:
-            servers.append(ServerProcess(name, env, log_dir, *args))
+            servers.append(kind(name, env, log_dir, *args))
         await asyncio.gather(*(server.wait_ready() for server in servers))
         yield servers
     finally:

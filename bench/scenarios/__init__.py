@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from bench.context import RunContext
 from bench.report import ScenarioResult
-from bench.scenarios import fanout, latency, listing, peers, scale, webhook, webhook_timing
+from bench.scenarios import create, fanout, latency, listing, peers, scale, webhook, webhook_timing
 
 Scenario = Callable[[RunContext], Awaitable[ScenarioResult]]
 
@@ -17,5 +17,6 @@ SCENARIOS: dict[str, Scenario] = {
     "latency": latency.run,
     "fanout": fanout.run,
     "scale": scale.run,
+    "create": create.run,
     "peers": peers.run,
 }

@@ -158,7 +158,7 @@ async def run(ctx: RunContext) -> ScenarioResult:
             e2e.p99,
             "ms",
             baseline=base.p99,
-            target=Target("<=", 20),
+            target=Target("<=", 15),
             target_on="value",
         )
     )

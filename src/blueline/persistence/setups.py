@@ -178,11 +178,29 @@ class SetupStore:
             f"UPDATE imessage_setup SET business_name = COALESCE({p(2, 'text')}, business_name), "
             f"label = COALESCE({p(3, 'text')}, label) WHERE id = {p(1, 'text')}"
         )
+        provisioning = sql_literal(SetupState.PROVISIONING)
+        # A new setup's row before its provider call: invisible until completed, and the
+        # idempotency key's claim (a concurrent insert with the same key waits for this
+        # one's commit, then inserts nothing).
+        self._claim = (
+            "INSERT INTO imessage_setup (id, workspace_id, business_name, label, state, "
+            "status, idempotency_key, input_fingerprint, created_at, updated_at) VALUES ("
+            f"{p(1, 'text')}, {p(2, 'text')}, {p(3, 'text')}, {p(4, 'text')}, {provisioning}, "
+            f"{sql_literal(SetupStatus.PENDING)}, {p(5, 'text')}, {p(6, 'text')}, "
+            f"{p(7, 'timestamptz')}, {p(7, 'timestamptz')}) "
+            "ON CONFLICT (workspace_id, idempotency_key) DO NOTHING RETURNING id"
+        )
+        self._by_key = (
+            "SELECT id, state, input_fingerprint FROM imessage_setup "
+            f"WHERE workspace_id = {p(1, 'text')} AND idempotency_key = {p(2, 'text')}"
+        )
+        # Locks the row and re-checks its state in one statement; the status is given
+        # (the caller derives it from the lines it is about to insert).
         self._complete = (
-            f"UPDATE imessage_setup SET state = {ready}, subaccount_id = {p(2, 'text')}, "
-            f"credentials_enc = {p(3, 'text')}, webhook_secret_enc = {p(4, 'text')}, "
-            f"updated_at = {p(5, 'timestamptz')} WHERE id = {p(1, 'text')} "
-            f"AND state = {sql_literal(SetupState.PROVISIONING)}"
+            f"UPDATE imessage_setup SET state = {ready}, status = {p(6, 'text')}, "
+            f"subaccount_id = {p(2, 'text')}, credentials_enc = {p(3, 'text')}, "
+            f"webhook_secret_enc = {p(4, 'text')}, updated_at = {p(5, 'timestamptz')} "
+            f"WHERE id = {p(1, 'text')} AND state = {provisioning} RETURNING {_SETUP_COLUMNS}"
         )
         self._reconciled = (
             f"UPDATE imessage_setup SET reconciled_at = {p(2, 'timestamptz')} "
@@ -313,9 +331,8 @@ class SetupStore:
     async def count_open_lines(self, conn: SqlConnection, setup_id: str) -> int:
         return int(await conn.fetchval(self._count_open, (setup_id,)) or 0)
 
-    async def insert_line(
+    def line_insert(
         self,
-        conn: SqlConnection,
         *,
         line_id: str,
         setup: SetupFacts,
@@ -323,20 +340,18 @@ class SetupStore:
         phone_number: str | None,
         request_id: str,
         now: datetime,
-    ) -> None:
+    ) -> tuple[str, tuple[Any, ...]]:
+        """The statement inserting one line, to run or to send along with others."""
         assigned = self.ts(now) if status is LineStatus.ASSIGNED else None
-        await conn.execute(
-            self._insert_line,
-            (
-                line_id,
-                setup.id,
-                setup.workspace_id,
-                status.value,
-                phone_number,
-                request_id,
-                self.ts(now),
-                assigned,
-            ),
+        return self._insert_line, (
+            line_id,
+            setup.id,
+            setup.workspace_id,
+            status.value,
+            phone_number,
+            request_id,
+            self.ts(now),
+            assigned,
         )
 
     async def assign(
@@ -392,6 +407,40 @@ class SetupStore:
     ) -> None:
         await conn.execute(self._rename, (setup_id, business_name, label))
 
+    async def claim(
+        self,
+        conn: SqlConnection,
+        *,
+        setup_id: str,
+        workspace_id: str,
+        business_name: str,
+        label: str,
+        idempotency_key: str | None,
+        input_fingerprint: str,
+        now: datetime,
+    ) -> bool:
+        """Insert a PROVISIONING setup; False when the idempotency key is taken."""
+        row = await conn.fetchrow(
+            self._claim,
+            (
+                setup_id,
+                workspace_id,
+                business_name,
+                label,
+                idempotency_key,
+                input_fingerprint,
+                self.ts(now),
+            ),
+        )
+        return row is not None
+
+    async def by_idempotency_key(
+        self, conn: SqlConnection, workspace_id: str, key: str
+    ) -> tuple[str, SetupState, str | None] | None:
+        """(id, state, input fingerprint) of the setup holding ``key``, if any."""
+        row = await conn.fetchrow(self._by_key, (workspace_id, key))
+        return None if row is None else (str(row[0]), SetupState(row[1]), row[2])
+
     async def complete(
         self,
         conn: SqlConnection,
@@ -400,12 +449,22 @@ class SetupStore:
         subaccount_id: str,
         credentials_enc: str,
         webhook_secret_enc: str,
+        status: SetupStatus,
         now: datetime,
-    ) -> None:
-        await conn.execute(
+    ) -> SetupFacts | None:
+        """Make a PROVISIONING setup READY; None (and no change) if it is not one."""
+        row = await conn.fetchrow(
             self._complete,
-            (setup_id, subaccount_id, credentials_enc, webhook_secret_enc, self.ts(now)),
+            (
+                setup_id,
+                subaccount_id,
+                credentials_enc,
+                webhook_secret_enc,
+                self.ts(now),
+                status.value,
+            ),
         )
+        return None if row is None else _setup(row)
 
     async def mark_reconciled(self, conn: SqlConnection, setup_id: str, now: datetime) -> None:
         await conn.execute(self._reconciled, (setup_id, self.ts(now)))

@@ -14,12 +14,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
-
-from sqlalchemy.exc import IntegrityError
+from datetime import datetime, timedelta
+from typing import Any
 
 from blueline import ids
-from blueline.domain import AuditAction, LineStatus, Origin, SetupChange, SetupState, SetupStatus
+from blueline.domain import (
+    AuditAction,
+    LineStatus,
+    Origin,
+    SetupChange,
+    SetupState,
+    derive_status,
+)
 from blueline.errors import (
     IdempotencyKeyReused,
     LineLimitReached,
@@ -33,8 +39,7 @@ from blueline.events.publisher import Publisher
 from blueline.persistence import queries
 from blueline.persistence.database import Database, SqlConnection
 from blueline.persistence.eventlog import LiveEvent
-from blueline.persistence.journal import Audit, Change, Journal
-from blueline.persistence.models import IMessageSetup
+from blueline.persistence.journal import Audit, Change, Entry, Journal
 from blueline.persistence.setups import SetupFacts, SetupStore
 from blueline.persistence.types import utcnow
 from blueline.provider.client import (
@@ -77,33 +82,43 @@ def line_change(line: ProviderLine) -> SetupChange:
     return SetupChange.LINE_ASSIGNED if line.is_assigned else SetupChange.LINE_ADDED
 
 
-async def insert_provider_line(
-    store: SetupStore,
-    conn: SqlConnection,
-    setup: SetupFacts,
-    line: ProviderLine,
-    now: object,
-) -> tuple[str, Change, Audit]:
-    """A line the provider reported, as a row, its event and its audit record."""
+def provider_line_entry(
+    store: SetupStore, setup: SetupFacts, line: ProviderLine, now: datetime
+) -> tuple[str, tuple[str, tuple[Any, ...]], Change, Audit]:
+    """A line the provider reported: its id, the statement inserting its row, its event
+    and its audit record."""
     line_id = ids.new_id(ids.PHONE_LINE)
     status = LineStatus.ASSIGNED if line.is_assigned else LineStatus.PENDING
-    await store.insert_line(
-        conn,
+    statement = store.line_insert(
         line_id=line_id,
         setup=setup,
         status=status,
         phone_number=line.phone_number if line.is_assigned else None,
         request_id=line.request_id,
-        now=now,  # type: ignore[arg-type]
+        now=now,
     )
     changes: dict[str, tuple[object, object]] = {"status": (None, status.value)}
     if line.is_assigned:
         changes["phoneNumber"] = (None, line.phone_number)
     return (
         line_id,
+        statement,
         Change(line_change(line), setup.id, line_id),
         Audit(AuditAction.LINE_REQUESTED, setup.id, line_id, changes),
     )
+
+
+async def insert_provider_line(
+    store: SetupStore,
+    conn: SqlConnection,
+    setup: SetupFacts,
+    line: ProviderLine,
+    now: datetime,
+) -> tuple[str, Change, Audit]:
+    """A line the provider reported, as a row, its event and its audit record."""
+    line_id, statement, change, audit = provider_line_entry(store, setup, line, now)
+    await conn.execute(*statement)
+    return line_id, change, audit
 
 
 class Provisioning:
@@ -147,7 +162,9 @@ class Provisioning:
             except (ProviderUnavailable, ProviderRejected) as exc:
                 await self._mark_failed(setup_id, exc.code)
                 raise
-            await self._complete(setup_id, account, origin)
+            if await self._complete(setup_id, account, origin):
+                return setup_id
+        # A retry with the key of a finished create, or recovery got there first.
         async with self._db.read() as conn:
             found = await self._store.visible(conn, workspace_id, setup_id)
         if found is None:  # recovery failed it between our two writes
@@ -160,35 +177,31 @@ class Provisioning:
         """Insert the PROVISIONING row, or find the one an earlier call with this key made."""
         digest = fingerprint(name, label)
         for _ in range(3):
-            try:
-                async with self._db.transaction() as session:
-                    if key is not None:
-                        existing = await queries.find_by_idempotency_key(session, workspace_id, key)
-                        if existing is not None:
-                            if existing.input_fingerprint != digest:
-                                raise IdempotencyKeyReused(
-                                    "This idempotency key was used with different input",
-                                    field=["input", "idempotencyKey"],
-                                )
-                            return existing.id, existing.state
-                    now = utcnow()
-                    setup = IMessageSetup(
-                        id=ids.new_id(ids.SETUP),
-                        workspace_id=workspace_id,
-                        business_name=name,
-                        label=label,
-                        state=SetupState.PROVISIONING,
-                        status=SetupStatus.PENDING,
-                        idempotency_key=key,
-                        input_fingerprint=digest,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                    session.add(setup)
-                return setup.id, setup.state
-            except IntegrityError:
-                # Another call inserted the same key first: read what it made.
-                continue
+            setup_id = ids.new_id(ids.SETUP)
+            async with self._db.write() as conn:
+                claimed = await self._store.claim(
+                    conn,
+                    setup_id=setup_id,
+                    workspace_id=workspace_id,
+                    business_name=name,
+                    label=label,
+                    idempotency_key=key,
+                    input_fingerprint=digest,
+                    now=utcnow(),
+                )
+                if claimed:
+                    return setup_id, SetupState.PROVISIONING
+                assert key is not None  # only a key can conflict
+                existing = await self._store.by_idempotency_key(conn, workspace_id, key)
+            if existing is None:
+                continue  # its create failed and gave the key back meanwhile: claim anew
+            existing_id, existing_state, existing_digest = existing
+            if existing_digest != digest:
+                raise IdempotencyKeyReused(
+                    "This idempotency key was used with different input",
+                    field=["input", "idempotencyKey"],
+                )
+            return existing_id, existing_state
         raise ProviderUnavailable("could not reserve the setup; try again")
 
     async def _mark_failed(self, setup_id: str, reason: str) -> None:
@@ -196,14 +209,20 @@ class Provisioning:
             await queries.mark_failed(session, setup_id, reason)
 
     async def _complete(self, setup_id: str, account: Subaccount, origin: Origin) -> bool:
-        """Finish a PROVISIONING setup from the provider's subaccount; False if it was not."""
+        """Finish a PROVISIONING setup from the provider's subaccount; False if it was not.
+
+        Three round trips: the row made READY (locked and re-checked by that update),
+        then its lines with the journal's counters, then events and audit records."""
         store = self._store
         now = utcnow()
+        lines = [line for line in account.lines if not line.is_released]
+        status = derive_status(
+            closed=False,
+            suspended=False,
+            has_assigned_line=any(line.is_assigned for line in lines),
+        )
         async with self._db.write() as conn:
-            setup = await store.lock(conn, setup_id)
-            if setup is None or setup.state != SetupState.PROVISIONING:
-                return False
-            await store.complete(
+            setup = await store.complete(
                 conn,
                 setup_id,
                 subaccount_id=account.id,
@@ -213,8 +232,11 @@ class Provisioning:
                 webhook_secret_enc=self._vault.encrypt(
                     account.webhook_secret, aad=webhook_secret_aad(setup_id)
                 ),
+                status=status,
                 now=now,
             )
+            if setup is None:
+                return False
             events = [Change(SetupChange.CREATED, setup_id)]
             audits = [
                 Audit(
@@ -224,16 +246,17 @@ class Provisioning:
                     {"businessName": (None, setup.business_name), "label": (None, setup.label)},
                 )
             ]
-            for provider_line in account.lines:
-                if provider_line.is_released:
-                    continue
-                _line_id, change, audit = await insert_provider_line(
-                    store, conn, setup, provider_line, now
+            inserts = []
+            for provider_line in lines:
+                _line_id, statement, change, audit = provider_line_entry(
+                    store, setup, provider_line, now
                 )
+                inserts.append(statement)
                 events.append(change)
                 audits.append(audit)
-            await store.refresh_status(conn, setup_id, now)
-            live = await self._journal.append(conn, setup.workspace_id, origin, events, audits, now)
+            [live] = await self._journal.append_many(
+                conn, [Entry(setup.workspace_id, origin, events, audits)], now, along=inserts
+            )
         await self._publisher.publish(live)
         return True
 
