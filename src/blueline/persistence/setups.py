@@ -134,6 +134,10 @@ class SetupStore:
         self._lines_of = (
             f"SELECT {_LINE_COLUMNS} FROM phone_line WHERE setup_id = {p(1, 'text')} ORDER BY id"
         )
+        self._lock_open_lines = (
+            f"SELECT {_LINE_COLUMNS} FROM phone_line WHERE setup_id = {p(1, 'text')} "
+            f"AND status <> {sql_literal(LineStatus.RELEASED)} ORDER BY id{lock}"
+        )
         self._count_open = (
             f"SELECT count(*) FROM phone_line WHERE setup_id = {p(1, 'text')} "
             f"AND status <> {sql_literal(LineStatus.RELEASED)}"
@@ -282,6 +286,10 @@ class SetupStore:
 
     async def lines_of(self, conn: SqlConnection, setup_id: str) -> list[LineFacts]:
         return [_line(row) for row in await conn.fetch(self._lines_of, (setup_id,))]
+
+    async def lock_open_lines(self, conn: SqlConnection, setup_id: str) -> list[LineFacts]:
+        """The setup's pending and assigned lines, oldest first, locked until commit."""
+        return [_line(row) for row in await conn.fetch(self._lock_open_lines, (setup_id,))]
 
     async def count_open_lines(self, conn: SqlConnection, setup_id: str) -> int:
         return int(await conn.fetchval(self._count_open, (setup_id,)) or 0)

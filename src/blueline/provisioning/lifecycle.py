@@ -348,26 +348,41 @@ class Lifecycle:
         if setup.closed:
             return Applied([], [])
         store = self._store
-        open_lines = await store.count_open_lines(conn, setup.id)
-        released = await store.release_all(conn, setup.id, now)
+        # Locked, so a placement committing meanwhile cannot change what each line was
+        # before this close released it.
+        open_lines = await store.lock_open_lines(conn, setup.id)
+        released = set(await store.release_all(conn, setup.id, now))
         await store.close(conn, setup.id, now)
         await store.refresh_status(conn, setup.id, now)
-        events = [Change(SetupChange.LINE_RELEASED, setup.id, line_id) for line_id in released]
-        events.append(Change(SetupChange.CLOSED, setup.id))
-        return Applied(
-            events,
-            [
+        events: list[Change] = []
+        # Each line's release is recorded as such whoever released it: a release racing
+        # the close, or the close itself; the trail of a line never depends on which won.
+        audits: list[Audit] = []
+        for line in open_lines:
+            if line.id not in released:
+                continue
+            events.append(Change(SetupChange.LINE_RELEASED, setup.id, line.id))
+            audits.append(
                 Audit(
-                    AuditAction.SETUP_CLOSED,
+                    AuditAction.LINE_RELEASED,
                     setup.id,
-                    None,
-                    {
-                        "status": (setup.status, SetupStatus.CLOSED.value),
-                        "phoneLineCount": (open_lines, 0),
-                    },
+                    line.id,
+                    {"status": (line.status, LineStatus.RELEASED.value)},
                 )
-            ],
+            )
+        events.append(Change(SetupChange.CLOSED, setup.id))
+        audits.append(
+            Audit(
+                AuditAction.SETUP_CLOSED,
+                setup.id,
+                None,
+                {
+                    "status": (setup.status, SetupStatus.CLOSED.value),
+                    "phoneLineCount": (len(open_lines), 0),
+                },
+            )
         )
+        return Applied(events, audits)
 
     async def _release_locally(
         self, conn: SqlConnection, setup: SetupFacts, line_id: str, now: datetime
