@@ -509,10 +509,7 @@ class Lifecycle:
             if account is not None:
                 synced = await self._sync(conn, current, account, report, origin, now)
                 give_back = synced.give_back
-                live += synced.assigned
-                live += await self._journal.append(
-                    conn, current.workspace_id, origin, synced.events, synced.audits, now
-                )
+                live += synced.live
             await self._store.mark_reconciled(conn, setup_id, now)
         await self._publisher.publish(live)
         if give_back and setup.subaccount_id:
@@ -531,20 +528,26 @@ class Lifecycle:
         origin: Origin,
         now: datetime,
     ) -> _Synced:
-        """Apply upstream's state locally (assignments journal themselves)."""
-        events: list[Change] = []
-        audits: list[Audit] = []
-        assigned: list[LiveEvent] = []
+        """Apply upstream's state locally. Each change is journaled as soon as it is
+        applied (assignments journal themselves), so the log and the audit chain follow
+        the order of application and every event's snapshot is the state it left."""
+        live: list[LiveEvent] = []
+
+        async def journal(events: list[Change], audits: list[Audit]) -> None:
+            live.extend(
+                await self._journal.append(conn, setup.workspace_id, origin, events, audits, now)
+            )
+
         if account.status == "closed":
             applied = await self._close_locally(conn, setup, now)
+            await journal(applied.events, applied.audits)
             report.setups_synced += 1
-            return _Synced(applied.events, applied.audits, [], [])
+            return _Synced(live, [])
         if account.status in ("suspended", "active") and setup.suspended != (
             account.status == "suspended"
         ):
             applied = await self._set_suspended(conn, setup, account.status == "suspended", now)
-            events += applied.events
-            audits += applied.audits
+            await journal(applied.events, applied.audits)
             report.setups_synced += 1
         local = {line.request_id: line for line in await self._store.lines_of(conn, setup.id)}
         give_back: list[str] = []
@@ -556,16 +559,15 @@ class Lifecycle:
                 _line_id, change, audit = await insert_provider_line(
                     self._store, conn, setup, upstream, now
                 )
-                events.append(change)
-                audits.append(audit)
+                await self._store.refresh_status(conn, setup.id, now)
+                await journal([change], [audit])
                 report.lines_adopted += 1
             elif line.status == LineStatus.RELEASED:
                 if not upstream.is_released:
                     give_back.append(upstream.request_id)
             elif upstream.is_released:
                 applied = await self._release_locally(conn, setup, line.id, now)
-                events += applied.events
-                audits += applied.audits
+                await journal(applied.events, applied.audits)
                 report.lines_released += 1
             elif line.status == LineStatus.PENDING and upstream.is_assigned:
                 assert upstream.phone_number is not None
@@ -580,18 +582,14 @@ class Lifecycle:
                 )
                 if result.result is AssignResult.APPLIED:
                     report.lines_assigned += 1
-                    assigned += result.events
-        if events:
-            await self._store.refresh_status(conn, setup.id, now)
-        return _Synced(events, audits, assigned, give_back)
+                    live += result.events
+        return _Synced(live, give_back)
 
 
 @dataclass(frozen=True)
 class _Synced:
-    events: list[Change]
-    audits: list[Audit]
-    # Assignments journal their own events (the same path as webhooks).
-    assigned: list[LiveEvent]
+    # The journaled events, in commit order, to publish once committed.
+    live: list[LiveEvent]
     # Lines released here but still placed upstream: released there again.
     give_back: list[str]
 
