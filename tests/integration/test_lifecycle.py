@@ -5,7 +5,7 @@ idempotent, unchanged while the provider is down, and refused to other workspace
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -914,3 +914,77 @@ async def test_periodic_pass_of_the_api_process_follows_the_provider(
         reconciler,
     )
     assert (await event_types(db, unknown["id"]))[-1] == "LINE_ADDED"
+
+
+# -- recovery of changes a crash interrupted
+
+
+async def test_changes_cut_off_after_the_provider_took_them_are_finished_by_recovery(
+    runtime: Runtime, sandbox: httpx.AsyncClient
+) -> None:
+    """In-process stand-in for a crash: the change is cancelled while the provider's answer
+    is held back, after the provider acted. Recovery repeats the provider call and
+    applies the change once, as ``system:recovery``, with the original request id."""
+    db = runtime.db
+    caller = await authenticate(db, f"Bearer {await create_api_key(db, 'clinic-a')}")
+    assert caller is not None
+    workspace_id = caller.workspace_id
+    setup_id = await runtime.provisioning.create_setup(
+        workspace_id, Origin("api_key:" + caller.api_key_id), "Acme Dental", "Front desk"
+    )
+    lifecycle = runtime.lifecycle
+    steps: list[
+        tuple[str, Callable[[Origin], Coroutine[Any, Any, str]], Callable[[Any], bool], str]
+    ] = [
+        (
+            "setup.updated",
+            lambda o: lifecycle.update(workspace_id, o, setup_id, "Renamed", "Lobby"),
+            lambda account: account["business_name"] == "Renamed",
+            "SELECT business_name || '/' || label FROM imessage_setup WHERE id = :s",
+        ),
+        (
+            "setup.suspended",
+            lambda o: lifecycle.suspend(workspace_id, o, setup_id),
+            lambda account: account["status"] == "suspended",
+            "SELECT status FROM imessage_setup WHERE id = :s",
+        ),
+        (
+            "setup.reactivated",
+            lambda o: lifecycle.reactivate(workspace_id, o, setup_id),
+            lambda account: account["status"] == "active",
+            "SELECT status FROM imessage_setup WHERE id = :s",
+        ),
+    ]
+    for index, (action, change, took_effect, probe) in enumerate(steps):
+        origin = Origin("api_key:" + caller.api_key_id, f"req_cut_off_{index:04d}")
+        before = await scalar(db, probe, s=setup_id)
+        await configure(sandbox, latency_ms=2000)
+        cut_off = asyncio.create_task(change(origin))
+        await eventually(lambda: upstream(sandbox, setup_id), took_effect, timeout_s=5)
+        cut_off.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cut_off
+        await configure(sandbox)
+        assert await scalar(db, probe, s=setup_id) == before, action
+        counts = await footprint(db)
+
+        report = await runtime.reconcile(0)
+
+        assert report.operations_finished == 1, action
+        assert await scalar(db, probe, s=setup_id) != before, action
+        assert await footprint(db) == (counts[0] + 1, counts[1] + 1), action
+        async with db.session() as session:
+            newest = (
+                await session.execute(
+                    text(
+                        "SELECT action, actor, request_id FROM audit_event WHERE setup_id = :s "
+                        "ORDER BY seq DESC LIMIT 1"
+                    ),
+                    {"s": setup_id},
+                )
+            ).one()
+        assert tuple(newest) == (action, "system:recovery", origin.request_id)
+        again = await runtime.reconcile(0)
+        assert again.operations_finished == 0, action
+        assert await footprint(db) == (counts[0] + 1, counts[1] + 1), action
+    assert await scalar(db, steps[0][3], s=setup_id) == "Renamed/Lobby"
