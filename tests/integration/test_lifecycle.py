@@ -988,3 +988,41 @@ async def test_changes_cut_off_after_the_provider_took_them_are_finished_by_reco
         assert again.operations_finished == 0, action
         assert await footprint(db) == (counts[0] + 1, counts[1] + 1), action
     assert await scalar(db, steps[0][3], s=setup_id) == "Renamed/Lobby"
+
+
+async def test_reconciliation_does_not_undo_a_change_made_while_it_asked_the_provider(
+    intercepted_runtime: Runtime, intercepted: Intercepted, sandbox: httpx.AsyncClient
+) -> None:
+    """A pass reads the subaccount (still suspended), a reactivation completes meanwhile:
+    the pass must not apply what it read, which is no longer true upstream."""
+    runtime = intercepted_runtime
+    db = runtime.db
+    caller = await authenticate(db, f"Bearer {await create_api_key(db, 'clinic-a')}")
+    assert caller is not None
+    origin = Origin("api_key:" + caller.api_key_id)
+    setup_id = await runtime.provisioning.create_setup(
+        caller.workspace_id, origin, "Acme Dental", "Front desk"
+    )
+    await runtime.lifecycle.suspend(caller.workspace_id, origin, setup_id)
+    answered, release = intercepted.hold("GET", "/v1/subaccounts")
+
+    reading = asyncio.create_task(runtime.reconcile(0))
+    await asyncio.wait_for(answered.wait(), 10)
+    await runtime.lifecycle.reactivate(caller.workspace_id, origin, setup_id)
+    release.set()
+    await reading
+
+    assert (await upstream(sandbox, setup_id))["status"] == "active"
+    status = await scalar(db, "SELECT status FROM imessage_setup WHERE id = :s", s=setup_id)
+    assert status == "PENDING"
+    assert (await event_types(db, setup_id))[-2:] == ["SUSPENDED", "REACTIVATED"]
+    assert [a[0] for a in await audit_actions(db, setup_id)][-2:] == [
+        "setup.suspended",
+        "setup.reactivated",
+    ]
+
+    # The next pass sees the setup as it is, and finds nothing to change.
+    del intercepted.holds[("GET", "/v1/subaccounts")]
+    counts = await footprint(db)
+    await runtime.reconcile(0)
+    assert await footprint(db) == counts

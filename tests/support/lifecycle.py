@@ -344,12 +344,31 @@ class Intercepted:
     def __init__(self) -> None:
         # (method, path) -> status answered instead of forwarding
         self.rules: dict[tuple[str, str], int] = {}
+        # (method, path) -> released once set: the provider answered at once, the answer
+        # reaches the caller only then (a slow network, a stale read).
+        self.holds: dict[tuple[str, str], asyncio.Event] = {}
+        # (method, path) -> set once a held request was answered upstream
+        self.answered: dict[tuple[str, str], asyncio.Event] = {}
         self._upstream = httpx.AsyncClient(timeout=30)
 
+    def hold(self, method: str, path: str) -> tuple[asyncio.Event, asyncio.Event]:
+        """``(answered upstream, release to the caller)`` for the next such requests."""
+        self.answered[(method, path)] = asyncio.Event()
+        self.holds[(method, path)] = asyncio.Event()
+        return self.answered[(method, path)], self.holds[(method, path)]
+
     async def handle(self, request: httpx.Request) -> httpx.Response:
-        status = self.rules.get((request.method, request.url.path))
+        key = (request.method, request.url.path)
+        status = self.rules.get(key)
         if status is not None:
             return httpx.Response(status, json={"detail": "intercepted"} if status != 204 else None)
+        response = await self._forward(request)
+        if key in self.holds:
+            self.answered[key].set()
+            await self.holds[key].wait()
+        return response
+
+    async def _forward(self, request: httpx.Request) -> httpx.Response:
         forwarded = await self._upstream.request(
             request.method,
             request.url,

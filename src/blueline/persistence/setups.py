@@ -211,6 +211,13 @@ class SetupStore:
             f"SELECT id FROM operation WHERE setup_id = {p(1, 'text')} AND state = 'pending' "
             "AND exclusive"
         )
+        # Both by index: the setup's key, and the partial index of pending exclusive
+        # operations (finished ones are in no index by setup).
+        self._changed_since = (
+            f"SELECT 1 FROM imessage_setup s WHERE s.id = {p(1, 'text')} "
+            f"AND (s.updated_at >= {p(2, 'timestamptz')} OR EXISTS (SELECT 1 FROM operation o "
+            "WHERE o.setup_id = s.id AND o.state = 'pending' AND o.exclusive))"
+        )
         self._any_pending = (
             f"SELECT 1 FROM operation WHERE setup_id = {p(1, 'text')} AND state = 'pending'"
         )
@@ -410,6 +417,11 @@ class SetupStore:
     async def exclusive_pending(self, conn: SqlConnection, setup_id: str) -> str | None:
         value = await conn.fetchval(self._exclusive_pending, (setup_id,))
         return None if value is None else str(value)
+
+    async def changed_since(self, conn: SqlConnection, setup_id: str, since: datetime) -> bool:
+        """Whether the setup changed at or after ``since`` (every change touches
+        ``updated_at``), or an update, suspend, reactivate or close is in flight."""
+        return await conn.fetchval(self._changed_since, (setup_id, self.ts(since))) is not None
 
     async def has_pending(self, conn: SqlConnection, setup_id: str) -> bool:
         return await conn.fetchval(self._any_pending, (setup_id,)) is not None

@@ -494,6 +494,7 @@ class Lifecycle:
             busy = await self._store.exclusive_pending(conn, setup_id) is not None
         if setup is None or setup.closed or busy:
             return  # an operation in flight settles it; the next pass looks again
+        asked_at = utcnow()
         try:
             account = await self._provider.find_subaccount(setup.id)
         except (ProviderUnavailable, ProviderRejected):
@@ -504,6 +505,11 @@ class Lifecycle:
         async with self._db.write() as conn:
             current = await self._store.lock(conn, setup_id)
             if current is None or current.closed:
+                return
+            if await self._store.changed_since(conn, setup_id, asked_at):
+                # It changed while we asked the provider: what we read may no longer
+                # hold there (a reactivation read as still suspended would be undone
+                # here). The next pass reads again.
                 return
             now = utcnow()
             if account is not None:
