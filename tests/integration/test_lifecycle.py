@@ -547,32 +547,46 @@ async def test_close_racing_the_release_of_every_line_ends_in_one_consistent_out
     # Every provider answer is held back, so all the calls are in flight together.
     await configure(sandbox, latency_ms=300)
 
-    results = await asyncio.gather(
-        mutate(api, "close", setupId=first_id),
-        *(mutate(api, "release", phoneLineId=line_id) for line_id in first_lines),
-        *(mutate(api, "release", phoneLineId=line_id) for line_id in second_lines),
-        mutate(api, "close", setupId=second_id),
+    # New lines are asked for meanwhile: each is refused, or released with the rest.
+    first, second = await asyncio.gather(
+        asyncio.gather(
+            mutate(api, "close", setupId=first_id),
+            *(mutate(api, "release", phoneLineId=line_id) for line_id in first_lines),
+            mutate(api, "request_line", setupId=first_id),
+        ),
+        asyncio.gather(
+            mutate(api, "request_line", setupId=second_id),
+            *(mutate(api, "release", phoneLineId=line_id) for line_id in second_lines),
+            mutate(api, "close", setupId=second_id),
+        ),
     )
     await configure(sandbox)
 
-    for result in results:
+    requested = [first.pop(), second.pop(0)]
+    for result in [*first, *second]:
         assert result["userErrors"] == [], result
+    for result in requested:
+        assert result["userErrors"] == [] or codes(result) == ["SETUP_CLOSED"], result
+    for result, line_ids in zip(requested, (first_lines, second_lines), strict=True):
+        if result["phoneLine"] is not None:
+            line_ids.append(result["phoneLine"]["id"])
     for setup_id, line_ids in setups:
         shown = await current(api, setup_id)
         assert shown["status"] == "CLOSED"
         assert [(line["id"], line["status"]) for line in shown["allLines"]] == [
             (line_id, "RELEASED") for line_id in line_ids
         ]
+        # Upstream, nothing is left open: no line Blueline gave up on stays placed.
         account = await upstream(sandbox, setup_id)
         assert account["status"] == "closed"
         assert set(upstream_lines(account).values()) == {"released"}
         events = await event_types(db, setup_id)
         assert events.count("CLOSED") == 1
         assert events.count("LINE_RELEASED") == len(line_ids)
-        released = [a for a in await audit_actions(db, setup_id) if a[0] == "line.released"]
-        assert sorted(str(line) for _, line, _ in released) == sorted(line_ids)
-        closes = [a for a in await audit_actions(db, setup_id) if a[0] == "setup.closed"]
-        assert len(closes) == 1
+        actions = await audit_actions(db, setup_id)
+        released = sorted(str(line) for action, line, _ in actions if action == "line.released")
+        assert released == sorted(line_ids)
+        assert [action for action, _, _ in actions].count("setup.closed") == 1
         pending = await scalar(
             db,
             "SELECT count(*) FROM operation WHERE setup_id = :s AND state = 'pending'",
