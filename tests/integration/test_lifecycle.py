@@ -968,6 +968,13 @@ async def test_changes_cut_off_after_the_provider_took_them_are_finished_by_reco
             lambda account: account["status"] == "active",
             "SELECT status FROM imessage_setup WHERE id = :s",
         ),
+        # Never repeated (it would make a second line): recovery adopts what it made.
+        (
+            "line.requested",
+            lambda o: runtime.provisioning.request_line(workspace_id, o, setup_id),
+            lambda account: len(account["lines"]) == 2,
+            "SELECT count(*) FROM phone_line WHERE setup_id = :s",
+        ),
     ]
     for index, (action, change, took_effect, probe) in enumerate(steps):
         origin = Origin("api_key:" + caller.api_key_id, f"req_cut_off_{index:04d}")
@@ -1002,6 +1009,7 @@ async def test_changes_cut_off_after_the_provider_took_them_are_finished_by_reco
         assert again.operations_finished == 0, action
         assert await footprint(db) == (counts[0] + 1, counts[1] + 1), action
     assert await scalar(db, steps[0][3], s=setup_id) == "Renamed/Lobby"
+    assert len((await upstream(sandbox, setup_id))["lines"]) == 2
 
 
 async def test_reconciliation_does_not_undo_a_change_made_while_it_asked_the_provider(
