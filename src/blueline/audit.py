@@ -55,15 +55,19 @@ async def verify(db: Database, vault: Vault) -> Verified:
         async for record in store.records(workspace_id):
             checked += 1
             if record["seq"] != expected_seq:
+                # Named by the record found in its place: the one a reader of the
+                # chain meets first once it no longer holds.
+                if record["seq"] < expected_seq:
+                    reason = f"its number is out of order (seq {expected_seq} was expected)"
+                elif record["seq"] == expected_seq + 1:
+                    reason = f"the record before it (seq {expected_seq}) is missing"
+                else:
+                    reason = (
+                        f"the records before it (seq {expected_seq} to {record['seq'] - 1}) "
+                        "are missing"
+                    )
                 return Verified(
-                    len(workspaces),
-                    checked,
-                    Broken(
-                        name,
-                        expected_seq,
-                        None,
-                        f"record {expected_seq} is missing (found {record['seq']} next)",
-                    ),
+                    len(workspaces), checked, Broken(name, record["seq"], record["id"], reason)
                 )
             if record["prev_hash"] != previous:
                 return Verified(

@@ -134,6 +134,10 @@ class SetupStore:
         self._lines_of = (
             f"SELECT {_LINE_COLUMNS} FROM phone_line WHERE setup_id = {p(1, 'text')} ORDER BY id"
         )
+        self._lock_open_lines = (
+            f"SELECT {_LINE_COLUMNS} FROM phone_line WHERE setup_id = {p(1, 'text')} "
+            f"AND status <> {sql_literal(LineStatus.RELEASED)} ORDER BY id{lock}"
+        )
         self._count_open = (
             f"SELECT count(*) FROM phone_line WHERE setup_id = {p(1, 'text')} "
             f"AND status <> {sql_literal(LineStatus.RELEASED)}"
@@ -224,6 +228,13 @@ class SetupStore:
         self._exclusive_pending = (
             f"SELECT id FROM operation WHERE setup_id = {p(1, 'text')} AND state = 'pending' "
             "AND exclusive"
+        )
+        # Both by index: the setup's key, and the partial index of pending exclusive
+        # operations (finished ones are in no index by setup).
+        self._changed_since = (
+            f"SELECT 1 FROM imessage_setup s WHERE s.id = {p(1, 'text')} "
+            f"AND (s.updated_at >= {p(2, 'timestamptz')} OR EXISTS (SELECT 1 FROM operation o "
+            "WHERE o.setup_id = s.id AND o.state = 'pending' AND o.exclusive))"
         )
         self._any_pending = (
             f"SELECT 1 FROM operation WHERE setup_id = {p(1, 'text')} AND state = 'pending'"
@@ -327,6 +338,10 @@ class SetupStore:
 
     async def lines_of(self, conn: SqlConnection, setup_id: str) -> list[LineFacts]:
         return [_line(row) for row in await conn.fetch(self._lines_of, (setup_id,))]
+
+    async def lock_open_lines(self, conn: SqlConnection, setup_id: str) -> list[LineFacts]:
+        """The setup's pending and assigned lines, oldest first, locked until commit."""
+        return [_line(row) for row in await conn.fetch(self._lock_open_lines, (setup_id,))]
 
     async def count_open_lines(self, conn: SqlConnection, setup_id: str) -> int:
         return int(await conn.fetchval(self._count_open, (setup_id,)) or 0)
@@ -513,6 +528,11 @@ class SetupStore:
     async def exclusive_pending(self, conn: SqlConnection, setup_id: str) -> str | None:
         value = await conn.fetchval(self._exclusive_pending, (setup_id,))
         return None if value is None else str(value)
+
+    async def changed_since(self, conn: SqlConnection, setup_id: str, since: datetime) -> bool:
+        """Whether the setup changed at or after ``since`` (every change touches
+        ``updated_at``), or an update, suspend, reactivate or close is in flight."""
+        return await conn.fetchval(self._changed_since, (setup_id, self.ts(since))) is not None
 
     async def has_pending(self, conn: SqlConnection, setup_id: str) -> bool:
         return await conn.fetchval(self._any_pending, (setup_id,)) is not None

@@ -348,26 +348,41 @@ class Lifecycle:
         if setup.closed:
             return Applied([], [])
         store = self._store
-        open_lines = await store.count_open_lines(conn, setup.id)
-        released = await store.release_all(conn, setup.id, now)
+        # Locked, so a placement committing meanwhile cannot change what each line was
+        # before this close released it.
+        open_lines = await store.lock_open_lines(conn, setup.id)
+        released = set(await store.release_all(conn, setup.id, now))
         await store.close(conn, setup.id, now)
         await store.refresh_status(conn, setup.id, now)
-        events = [Change(SetupChange.LINE_RELEASED, setup.id, line_id) for line_id in released]
-        events.append(Change(SetupChange.CLOSED, setup.id))
-        return Applied(
-            events,
-            [
+        events: list[Change] = []
+        # Each line's release is recorded as such whoever released it: a release racing
+        # the close, or the close itself; the trail of a line never depends on which won.
+        audits: list[Audit] = []
+        for line in open_lines:
+            if line.id not in released:
+                continue
+            events.append(Change(SetupChange.LINE_RELEASED, setup.id, line.id))
+            audits.append(
                 Audit(
-                    AuditAction.SETUP_CLOSED,
+                    AuditAction.LINE_RELEASED,
                     setup.id,
-                    None,
-                    {
-                        "status": (setup.status, SetupStatus.CLOSED.value),
-                        "phoneLineCount": (open_lines, 0),
-                    },
+                    line.id,
+                    {"status": (line.status, LineStatus.RELEASED.value)},
                 )
-            ],
+            )
+        events.append(Change(SetupChange.CLOSED, setup.id))
+        audits.append(
+            Audit(
+                AuditAction.SETUP_CLOSED,
+                setup.id,
+                None,
+                {
+                    "status": (setup.status, SetupStatus.CLOSED.value),
+                    "phoneLineCount": (len(open_lines), 0),
+                },
+            )
         )
+        return Applied(events, audits)
 
     async def _release_locally(
         self, conn: SqlConnection, setup: SetupFacts, line_id: str, now: datetime
@@ -479,6 +494,7 @@ class Lifecycle:
             busy = await self._store.exclusive_pending(conn, setup_id) is not None
         if setup is None or setup.closed or busy:
             return  # an operation in flight settles it; the next pass looks again
+        asked_at = utcnow()
         try:
             account = await self._provider.find_subaccount(setup.id)
         except (ProviderUnavailable, ProviderRejected):
@@ -490,14 +506,16 @@ class Lifecycle:
             current = await self._store.lock(conn, setup_id)
             if current is None or current.closed:
                 return
+            if await self._store.changed_since(conn, setup_id, asked_at):
+                # It changed while we asked the provider: what we read may no longer
+                # hold there (a reactivation read as still suspended would be undone
+                # here). The next pass reads again.
+                return
             now = utcnow()
             if account is not None:
                 synced = await self._sync(conn, current, account, report, origin, now)
                 give_back = synced.give_back
-                live += synced.assigned
-                live += await self._journal.append(
-                    conn, current.workspace_id, origin, synced.events, synced.audits, now
-                )
+                live += synced.live
             await self._store.mark_reconciled(conn, setup_id, now)
         await self._publisher.publish(live)
         if give_back and setup.subaccount_id:
@@ -516,20 +534,26 @@ class Lifecycle:
         origin: Origin,
         now: datetime,
     ) -> _Synced:
-        """Apply upstream's state locally (assignments journal themselves)."""
-        events: list[Change] = []
-        audits: list[Audit] = []
-        assigned: list[LiveEvent] = []
+        """Apply upstream's state locally. Each change is journaled as soon as it is
+        applied (assignments journal themselves), so the log and the audit chain follow
+        the order of application and every event's snapshot is the state it left."""
+        live: list[LiveEvent] = []
+
+        async def journal(events: list[Change], audits: list[Audit]) -> None:
+            live.extend(
+                await self._journal.append(conn, setup.workspace_id, origin, events, audits, now)
+            )
+
         if account.status == "closed":
             applied = await self._close_locally(conn, setup, now)
+            await journal(applied.events, applied.audits)
             report.setups_synced += 1
-            return _Synced(applied.events, applied.audits, [], [])
+            return _Synced(live, [])
         if account.status in ("suspended", "active") and setup.suspended != (
             account.status == "suspended"
         ):
             applied = await self._set_suspended(conn, setup, account.status == "suspended", now)
-            events += applied.events
-            audits += applied.audits
+            await journal(applied.events, applied.audits)
             report.setups_synced += 1
         local = {line.request_id: line for line in await self._store.lines_of(conn, setup.id)}
         give_back: list[str] = []
@@ -541,16 +565,15 @@ class Lifecycle:
                 _line_id, change, audit = await insert_provider_line(
                     self._store, conn, setup, upstream, now
                 )
-                events.append(change)
-                audits.append(audit)
+                await self._store.refresh_status(conn, setup.id, now)
+                await journal([change], [audit])
                 report.lines_adopted += 1
             elif line.status == LineStatus.RELEASED:
                 if not upstream.is_released:
                     give_back.append(upstream.request_id)
             elif upstream.is_released:
                 applied = await self._release_locally(conn, setup, line.id, now)
-                events += applied.events
-                audits += applied.audits
+                await journal(applied.events, applied.audits)
                 report.lines_released += 1
             elif line.status == LineStatus.PENDING and upstream.is_assigned:
                 assert upstream.phone_number is not None
@@ -565,18 +588,14 @@ class Lifecycle:
                 )
                 if result.result is AssignResult.APPLIED:
                     report.lines_assigned += 1
-                    assigned += result.events
-        if events:
-            await self._store.refresh_status(conn, setup.id, now)
-        return _Synced(events, audits, assigned, give_back)
+                    live += result.events
+        return _Synced(live, give_back)
 
 
 @dataclass(frozen=True)
 class _Synced:
-    events: list[Change]
-    audits: list[Audit]
-    # Assignments journal their own events (the same path as webhooks).
-    assigned: list[LiveEvent]
+    # The journaled events, in commit order, to publish once committed.
+    live: list[LiveEvent]
     # Lines released here but still placed upstream: released there again.
     give_back: list[str]
 
