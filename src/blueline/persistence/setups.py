@@ -236,9 +236,6 @@ class SetupStore:
             f"AND (s.updated_at >= {p(2, 'timestamptz')} OR EXISTS (SELECT 1 FROM operation o "
             "WHERE o.setup_id = s.id AND o.state = 'pending' AND o.exclusive))"
         )
-        self._any_pending = (
-            f"SELECT 1 FROM operation WHERE setup_id = {p(1, 'text')} AND state = 'pending'"
-        )
         self._pending_operations = (
             f"SELECT {_OPERATION_COLUMNS} FROM operation WHERE state = 'pending' "
             f"AND created_at <= {p(1, 'timestamptz')} ORDER BY created_at LIMIT {p(2, 'bigint')}"
@@ -533,9 +530,6 @@ class SetupStore:
         """Whether the setup changed at or after ``since`` (every change touches
         ``updated_at``), or an update, suspend, reactivate or close is in flight."""
         return await conn.fetchval(self._changed_since, (setup_id, self.ts(since))) is not None
-
-    async def has_pending(self, conn: SqlConnection, setup_id: str) -> bool:
-        return await conn.fetchval(self._any_pending, (setup_id,)) is not None
 
     async def pending_operations(
         self, conn: SqlConnection, older_than: datetime, limit: int
