@@ -7,7 +7,8 @@ Two ways in, both short-lived (nothing holds a connection between operations):
   for the ORM-shaped code: provisioning, recovery, the CLI;
 - :class:`SqlConnection` (``read()``, ``write()``) for hot paths that run prebuilt SQL
   text: on PostgreSQL a raw asyncpg pool (SQLAlchemy's asyncio layer cost several times
-  the round trip per statement), on SQLite the same SQLAlchemy connections.
+  the round trip per statement) reached through a :class:`~blueline.persistence.lane.Lane`,
+  on SQLite the same SQLAlchemy connections.
 
 Every wait is bounded: connecting, waiting for a pooled connection, and each statement
 (``statement_timeout`` on the server, a command timeout on the client). A database
@@ -38,6 +39,7 @@ from sqlalchemy.ext.asyncio import (
 from blueline.errors import StorageUnavailable
 from blueline.persistence.dialect import POSTGRESQL, SQLITE, Dialect
 from blueline.persistence.failures import unavailable
+from blueline.persistence.lane import Lane
 
 # Execution option marking a connection that only reads (SQLite then begins deferred).
 READ_ONLY = "blueline_read_only"
@@ -198,6 +200,7 @@ class Database:
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
         self.dialect: Dialect = SQLITE if is_sqlite(url) else POSTGRESQL
         self._raw_pool: asyncpg.Pool | None = None
+        self._lane: Lane | None = None
         self._raw_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -236,6 +239,12 @@ class Database:
 
     # -- prebuilt SQL
 
+    async def _lane_of_pool(self) -> Lane:
+        if self._lane is None:
+            await self._pool()
+        assert self._lane is not None
+        return self._lane
+
     async def _pool(self) -> asyncpg.Pool:
         if self._raw_pool is None:
             async with self._raw_lock:
@@ -257,6 +266,12 @@ class Database:
                             "statement_timeout": str(int(limits.statement_timeout_s * 1000))
                         },
                     )
+                    # Half the pool at most: the rest keeps circulating for waiters.
+                    self._lane = Lane(
+                        self._raw_pool,
+                        limits.raw_pool_size // 2,
+                        acquire_timeout_s=limits.pool_timeout_s,
+                    )
         return self._raw_pool
 
     @asynccontextmanager
@@ -264,8 +279,8 @@ class Database:
         """Statements outside a transaction (each one sees its own snapshot)."""
         async with _mapped_failures():
             if self.is_postgresql:
-                pool = await self._pool()
-                async with pool.acquire(timeout=self.limits.pool_timeout_s) as conn:
+                lane = await self._lane_of_pool()
+                async with lane.connection() as conn:
                     yield AsyncpgConnection(conn)
             else:
                 async with self.engine.connect() as conn:
@@ -277,11 +292,8 @@ class Database:
         """One transaction: committed when the block ends, rolled back on error."""
         async with _mapped_failures():
             if self.is_postgresql:
-                pool = await self._pool()
-                async with (
-                    pool.acquire(timeout=self.limits.pool_timeout_s) as conn,
-                    conn.transaction(),
-                ):
+                lane = await self._lane_of_pool()
+                async with lane.connection() as conn, conn.transaction():
                     yield AsyncpgConnection(conn)
             else:
                 async with self.engine.begin() as conn:
@@ -294,6 +306,9 @@ class Database:
     async def dispose(self) -> None:
         if self._raw_pool is not None:
             pool, self._raw_pool = self._raw_pool, None
+            if self._lane is not None:
+                lane, self._lane = self._lane, None
+                await lane.close()
             await pool.close()
         await self.engine.dispose()
 

@@ -1,0 +1,117 @@
+"""The connections a process keeps out of the asyncpg pool: reused only when clean, and
+never at the cost of someone waiting on the pool."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from blueline.errors import StorageUnavailable
+from blueline.persistence.database import Database, Limits
+from tests.support.databases import sqlalchemy_url
+
+POOL = 4
+
+
+@pytest.fixture
+async def db(pg_dsn: str) -> AsyncIterator[Database]:
+    database = Database(sqlalchemy_url(pg_dsn), Limits(raw_pool_size=POOL, pool_timeout_s=5))
+    yield database
+    await database.dispose()
+
+
+async def backend_pid(db: Database) -> int:
+    async with db.read() as conn:
+        return int(await conn.fetchval("SELECT pg_backend_pid()"))
+
+
+async def test_a_clean_read_reuses_the_same_connection(db: Database) -> None:
+    first = await backend_pid(db)
+    assert [await backend_pid(db) for _ in range(5)] == [first] * 5
+    async with db.write() as conn:
+        assert await conn.fetchval("SELECT pg_backend_pid()") == first
+    assert await backend_pid(db) == first
+
+
+async def test_more_concurrent_work_than_connections_all_completes(db: Database) -> None:
+    """Half the pool may sit in the lane; the other half keeps serving waiters."""
+
+    async def hold() -> int:
+        async with db.read() as conn:
+            return int(await conn.fetchval("SELECT pg_backend_pid() FROM pg_sleep(0.05)"))
+
+    pids = await asyncio.wait_for(asyncio.gather(*(hold() for _ in range(40))), 30)
+    assert len(set(pids)) == POOL
+    assert db._lane is not None
+    assert db._lane.owned <= POOL // 2
+
+
+async def test_a_failed_statement_does_not_hand_its_connection_on(db: Database) -> None:
+    await backend_pid(db)
+    assert db._lane is not None
+    assert db._lane.owned == 1
+
+    async def failing_write() -> None:
+        async with db.write() as conn:
+            await conn.execute("SELECT 1")
+            raise StorageUnavailable("the block failed")
+
+    with pytest.raises(StorageUnavailable):
+        await failing_write()
+    # Back to the pool (which resets it), not to the lane.
+    assert db._lane.owned == 0
+    async with db.read() as conn:
+        assert await conn.fetchval("SELECT 1") == 1
+
+
+async def test_a_cancelled_statement_leaves_no_busy_connection_behind(db: Database) -> None:
+    async def slow() -> None:
+        async with db.read() as conn:
+            await conn.fetchval("SELECT pg_sleep(5)")
+
+    task = asyncio.create_task(slow())
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # Every later read gets a connection that answers at once, never the one still busy
+    # with the cancelled sleep.
+    for _ in range(POOL * 2):
+        async with db.read() as conn:
+            assert await asyncio.wait_for(conn.fetchval("SELECT 1"), 2) == 1
+
+
+async def test_a_connection_the_server_dropped_is_replaced(db: Database, pg_dsn: str) -> None:
+    victim = await backend_pid(db)
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", victim)
+    finally:
+        await admin.close()
+    await asyncio.sleep(0.2)  # the client notices the closed socket
+    assert await backend_pid(db) != victim
+
+
+async def test_a_statement_on_a_connection_dropped_mid_way_is_storage_unavailable(
+    db: Database, pg_dsn: str
+) -> None:
+    async def killed() -> None:
+        async with db.read() as conn:
+            await conn.fetchval("SELECT pg_sleep(5)")
+
+    task = asyncio.create_task(killed())
+    await asyncio.sleep(0.3)
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE query = 'SELECT pg_sleep(5)' AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
+    with pytest.raises(StorageUnavailable):
+        await task
+    assert await backend_pid(db) > 0
