@@ -6,6 +6,10 @@ fixed cost of a round trip, a transaction or a commit is shared; alone, an item 
 batch of one and waits for nobody. Up to ``concurrency`` batches run at once. Items
 with the same ``key`` never share a batch, nor run in two batches at once (the later
 waits), so a batch can treat its items as independent.
+
+A batch that fails with an error ``alone_on`` accepts is processed again one item at a
+time, so one bad item fails only its own caller. Errors it does not accept (an outage
+that would fail every item again) fail the whole batch at once.
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ class Batcher(Generic[T, R]):
         max_size: int = 64,
         concurrency: int = 1,
         key: Callable[[T], Hashable] | None = None,
+        alone_on: Callable[[Exception], bool] = lambda _exc: False,
         name: str = "blueline-batcher",
     ) -> None:
         self._process = process
+        self._alone_on = alone_on
         self._max = max_size
         self._concurrency = concurrency
         self._key = key
@@ -80,20 +86,31 @@ class Batcher(Generic[T, R]):
 
     async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
-            results = await self._process([item for item, _ in batch])
+            await self._settle(batch, split=len(batch) > 1)
         except asyncio.CancelledError:
             for _, future in batch:
                 future.cancel()
             raise
-        except Exception as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
         finally:
             if self._key is not None:
                 for item, _ in batch:
                     self._busy_keys.discard(self._key(item))
+
+    async def _settle(self, batch: list[tuple[T, asyncio.Future[R]]], *, split: bool) -> None:
+        try:
+            results = await self._process([item for item, _ in batch])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if split and self._alone_on(exc):
+                for entry in batch:
+                    if not entry[1].done():
+                        await self._settle([entry], split=False)
+                return
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)

@@ -24,7 +24,7 @@ from enum import StrEnum
 from blueline import ids
 from blueline.batching import Batcher
 from blueline.domain import ACTOR_PROVIDER, Origin
-from blueline.errors import DecryptionFailed
+from blueline.errors import DecryptionFailed, StorageUnavailable
 from blueline.events.publisher import Publisher
 from blueline.persistence.database import Database
 from blueline.persistence.eventlog import LiveEvent
@@ -143,6 +143,8 @@ class WebhookIntake:
             max_size=64,
             concurrency=3,
             key=lambda d: d.setup_id,
+            # Anything but an outage may be one delivery's doing: the others go on alone.
+            alone_on=lambda exc: not isinstance(exc, StorageUnavailable),
             name="blueline-webhook-applies",
         )
 
