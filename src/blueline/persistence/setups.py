@@ -394,10 +394,9 @@ class SetupStore:
         lines = [_line(row) for row in found]
         return {(line.setup_id, line.request_id or ""): line for line in lines}
 
-    async def refresh_statuses(
-        self, conn: SqlConnection, setup_ids: list[str], now: datetime
-    ) -> None:
-        await conn.execute(self._statuses, (self.dialect.members(setup_ids), self.ts(now)))
+    def statuses_update(self, setup_ids: list[str], now: datetime) -> tuple[str, tuple[Any, ...]]:
+        """The statement recomputing these setups' statuses, to send along with others."""
+        return self._statuses, (self.dialect.members(setup_ids), self.ts(now))
 
     async def release(self, conn: SqlConnection, line_id: str, now: datetime) -> bool:
         return await conn.fetchval(self._release, (line_id, self.ts(now))) is not None

@@ -55,6 +55,8 @@ class Placed:
     results: list[Assigned]
     entries: list[Entry]
     setups: list[str]
+    # Sent with the journal's first round trip: the statuses the assignments moved.
+    along: list[tuple[str, Sequence[Any]]] = field(default_factory=list)
 
 
 class Assigner:
@@ -133,9 +135,10 @@ class Assigner:
             else:
                 results.append(Assigned(AssignResult.CONFLICT, line_id=line.id))
         setups = sorted({p.setup_id for p in placements if (p.setup_id, p.request_id) in applied})
+        along: list[tuple[str, Sequence[Any]]] = []
         if setups:
-            await store.refresh_statuses(conn, setups, now)
-        return Placed(results, entries, setups)
+            along.append(store.statuses_update(setups, now))
+        return Placed(results, entries, setups, along)
 
     async def finish(
         self,
@@ -145,7 +148,9 @@ class Assigner:
         along: Sequence[tuple[str, Sequence[Any]]] = (),
     ) -> None:
         """Journal the applied placements (``along``: see ``Journal.append_many``)."""
-        live = iter(await self._journal.append_many(conn, placed.entries, now, along))
+        live = iter(
+            await self._journal.append_many(conn, placed.entries, now, [*placed.along, *along])
+        )
         for assigned in placed.results:
             if assigned.result is AssignResult.APPLIED:
                 assigned.events = next(live)
