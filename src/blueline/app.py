@@ -45,11 +45,6 @@ def _runner(state: State) -> Runner:
     return runner
 
 
-def _sockets(state: State) -> Sockets:
-    sockets: Sockets = state.sockets
-    return sockets
-
-
 def embedded_provider_route(settings: Settings) -> tuple[Any, Litestar]:
     from blueline_sandbox import create_sandbox_app
 
@@ -145,7 +140,7 @@ def create_app(settings: Settings) -> Litestar:
             production=settings.is_production,
             middleware=[authenticate],
         ),
-        websocket_handler(settings.allowed_origins),
+        websocket_handler(settings.allowed_origins, sockets),
         receive_imessage_webhook,
         healthz,
         readyz,
@@ -161,7 +156,6 @@ def create_app(settings: Settings) -> Litestar:
         async with open_runtime(settings) as runtime:
             app.state.runtime = runtime
             app.state.runner = Runner(runtime, schema)
-            app.state.sockets = sockets
             runtime.authenticator.on_revoked(sockets.revoked)
             await runtime.start_background()
             try:
@@ -180,7 +174,6 @@ def create_app(settings: Settings) -> Litestar:
         dependencies={
             "runtime": Provide(_runtime, sync_to_thread=False),
             "runner": Provide(_runner, sync_to_thread=False),
-            "sockets": Provide(_sockets, sync_to_thread=False),
         },
         exception_handlers={
             NotAuthorizedException: _unauthorized,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import httpx
@@ -11,10 +12,11 @@ from websockets.exceptions import ConnectionClosed
 
 from blueline.access import create_api_key
 from blueline.persistence.database import Database
+from blueline.persistence.eventlog import parse_event_id
 from blueline.settings import Settings
 from tests.conftest import Api, make_settings
 from tests.integration.test_graphql_setups import create
-from tests.support.ws import LEGACY_WS, TRANSPORT_WS, graphql_ws
+from tests.support.ws import LEGACY_WS, TRANSPORT_WS, GraphQLSocket, graphql_ws
 
 UPDATES = """
 subscription Updates($setupId: ID, $after: String) {
@@ -218,3 +220,54 @@ async def test_idle_subscriptions_hold_no_database_connection(
 
 async def test_transport_protocol_constant_is_the_modern_one() -> None:
     assert TRANSPORT_WS == "graphql-transport-ws"
+
+
+SETUP_UPDATES = "subscription { imessageSetupUpdates { eventId setup { id } } }"
+
+
+async def test_subscriptions_opened_together_while_changes_commit_see_no_gap(
+    api: Api, sandbox: httpx.AsyncClient
+) -> None:
+    """Opens share one lookup of where the workspace stands: each subscription still
+    starts at a seq no older than its own start, and misses nothing after it."""
+    stop = asyncio.Event()
+
+    async def keep_creating() -> None:
+        n = 0
+        while not stop.is_set():
+            await create(api, f"Busy {n}")
+            n += 1
+
+    writer = asyncio.create_task(keep_creating())
+    async with contextlib.AsyncExitStack() as stack:
+        sockets = await asyncio.gather(
+            *(stack.enter_async_context(graphql_ws(api.base_url, api.key)) for _ in range(20))
+        )
+        ops = await asyncio.gather(*(ws.subscribe(SETUP_UPDATES) for ws in sockets))
+        await asyncio.sleep(0.5)
+        stop.set()
+        await writer
+        final = (await create(api, "Last"))["setup"]["id"]
+
+        async def received(ws: GraphQLSocket, op: str) -> list[int]:
+            """Every seq until the final setup's events, and whatever follows them."""
+            seqs: list[int] = []
+            seen_final = False
+            while True:
+                try:
+                    data = await ws.next_data(op, timeout=0.5 if seen_final else 10)
+                except TimeoutError:
+                    return seqs
+                update = data["imessageSetupUpdates"]
+                seq = parse_event_id(update["eventId"])
+                assert seq is not None
+                seqs.append(seq)
+                seen_final = seen_final or update["setup"]["id"] == final
+
+        streams = await asyncio.gather(
+            *(received(ws, op) for ws, op in zip(sockets, ops, strict=True))
+        )
+    last = max(s[-1] for s in streams)
+    for seqs in streams:
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no gap, no repeat
+        assert seqs[-1] == last  # and nothing missed at the end

@@ -398,11 +398,11 @@ def _origin_allowed(socket: WebSocket[Any, Any, Any], allowed: tuple[str, ...]) 
     return normalized.split("://", 1)[1] == host.lower()
 
 
-def websocket_handler(allowed_origins: tuple[str, ...]) -> Callable[..., Any]:
+def websocket_handler(allowed_origins: tuple[str, ...], sockets: Sockets) -> Callable[..., Any]:
+    # One injected dependency: Litestar resolves two or more in an anyio task group,
+    # a task per dependency on every connection.
     @websocket("/graphql")
-    async def graphql_ws(
-        socket: WebSocket[Any, Any, Any], runner: Runner, sockets: Sockets
-    ) -> None:
+    async def graphql_ws(socket: WebSocket[Any, Any, Any], runner: Runner) -> None:
         if not _origin_allowed(socket, allowed_origins):
             logger.info("refused a WebSocket from an origin not in BLUELINE_CORS_ORIGINS")
             await socket.close(code=1008)  # before accept: the handshake answers 403

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from blueline import ids
+from blueline.batching import Batcher
 from blueline.persistence.database import Database, SqlConnection
 from blueline.persistence.dialect import Dialect
 
@@ -105,7 +106,13 @@ class EventLog:
     def __init__(self, db: Database) -> None:
         self._db = db
         p = db.dialect.placeholder
-        self._current = f"SELECT event_seq FROM workspace WHERE id = {p(1, 'text')}"
+        self._current = (
+            f"SELECT id, event_seq FROM workspace WHERE {db.dialect.member_of('id', 1)}"
+        )
+        # Subscriptions opened together share one lookup of their workspaces' seqs.
+        self._seqs: Batcher[str, int] = Batcher(
+            self._current_seqs, max_size=256, concurrency=2, name="blueline-current-seqs"
+        )
         self._exists = (
             f"SELECT 1 FROM event WHERE workspace_id = {p(1, 'text')} AND seq = {p(2, 'bigint')}"
         )
@@ -131,9 +138,14 @@ class EventLog:
     async def current_seq(self, workspace_id: str) -> int:
         """The workspace's newest committed seq: a subscription starting now delivers
         what comes after it."""
+        return await self._seqs.submit(workspace_id)
+
+    async def _current_seqs(self, workspace_ids: list[str]) -> list[int]:
+        wanted = sorted(set(workspace_ids))
         async with self._db.read() as conn:
-            value = await conn.fetchval(self._current, (workspace_id,))
-        return int(value or 0)
+            rows = await conn.fetch(self._current, (self._db.dialect.members(wanted),))
+        found = {str(row[0]): int(row[1] or 0) for row in rows}
+        return [found.get(workspace_id, 0) for workspace_id in workspace_ids]
 
     async def seq_known(self, workspace_id: str, seq: int) -> bool:
         async with self._db.read() as conn:
