@@ -97,6 +97,48 @@ def unavailable() -> Response[bytes]:
     )
 
 
+def _split_unquoted(text: str, separator: str) -> list[str]:
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+        if char == separator and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def accepts_multipart_subscription(accept: str) -> bool:
+    """Whether any media range of ``Accept`` asks for multipart subscriptions.
+
+    Accept is a list whose order carries no preference and whose media types are
+    case-insensitive (RFC 9110); Strawberry's own check reads the whole header as one
+    media type, so a client that lists ``application/json`` first got a 400.
+    """
+    for media_range in _split_unquoted(accept, ","):
+        media_type, *parameters = _split_unquoted(media_range, ";")
+        if media_type.strip().lower() != "multipart/mixed":
+            continue
+        params = {}
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            params[name.strip().lower()] = value.strip().strip('"')
+        if params.get("boundary", _MULTIPART.separator) != _MULTIPART.separator:
+            continue
+        try:
+            refused = float(params.get("q", "1")) == 0
+        except ValueError:
+            refused = False
+        if params.get("subscriptionspec", "").startswith("1.0") and not refused:
+            return True
+    return False
+
+
 def _caller(request: Request[Any, Any, Any]) -> Caller:
     caller = request.scope.get("auth")
     assert isinstance(caller, Caller)  # api.auth ran first
@@ -116,7 +158,7 @@ async def _run(
     op = prepared
     if via_get and op.kind != OperationType.QUERY:
         return failure(405, "Only queries may be sent with GET", responses.METHOD_NOT_ALLOWED)
-    if op.kind == OperationType.SUBSCRIPTION and not _MULTIPART.accepts(
+    if op.kind == OperationType.SUBSCRIPTION and not accepts_multipart_subscription(
         request.headers.get("accept", "")
     ):
         return failure(400, SUBSCRIBE_HOW, responses.SUBSCRIPTION_TRANSPORT)
