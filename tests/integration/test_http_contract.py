@@ -147,6 +147,18 @@ async def assign(sandbox: httpx.AsyncClient, request_id: str) -> str:
     return str(placed.json()["phone_number"])
 
 
+async def until_active(api: Api, setup_id: str) -> None:
+    """Until the placement the sandbox delivers (by webhook, on its own time) is applied."""
+    for _ in range(400):
+        found = await api.data(
+            "query($id: ID!) { imessageSetup(id: $id) { status } }", {"id": setup_id}
+        )
+        if found["imessageSetup"]["status"] == "ACTIVE":
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"{setup_id} did not become ACTIVE")
+
+
 def ws_url(base: str) -> str:
     return base.replace("http://", "ws://", 1) + "/graphql"
 
@@ -410,6 +422,7 @@ async def test_multipart_streams_a_workspace_its_own_updates_only(
         await contract.wait_for_subscribers(api, 1)
         # Their changes come first: had they reached this stream, they would come first.
         await assign(sandbox, theirs["phoneLines"][0]["requestId"])
+        await until_active(other, theirs["id"])
         setup = await create(api)
         requested = (await mine.next_data())["phoneLineUpdates"]
         number = await assign(sandbox, setup["phoneLines"][0]["requestId"])
@@ -644,7 +657,7 @@ async def test_page_info_is_right_on_every_page_paging_forward(
     # Five setups; each create is audited twice (the setup and its line request).
     for query, root, count in ((PAGE, "imessageSetups", 5), (AUDIT_PAGE, "auditEvents", 10)):
         after = None
-        pages = []
+        pages: list[dict[str, Any]] = []
         while len(pages) <= count:
             connection = (await api.data(query, {"after": after}))[root]
             pages.append(connection)
@@ -764,6 +777,7 @@ async def test_every_date_time_on_every_path_is_rfc_3339_in_utc(
         answers.append(created)
         setup = created["createImessageSetup"]["setup"]
         await assign(sandbox, setup["phoneLines"][0]["requestId"])
+        await until_active(api, setup["id"])
         line = "phoneLine { id requestId " + LINE_TIMES + " }"
         extra = await api.data(
             mutation("requestImessagePhoneLine", "setupId", line), {"id": setup["id"]}
@@ -833,6 +847,7 @@ async def test_a_replayed_update_shows_the_setup_as_it_was_at_that_event(
             setup = await create(api)
             created = (await stream.next_data())["imessageSetupUpdates"]
         await assign(sandbox, setup["phoneLines"][0]["requestId"])
+        await until_active(api, setup["id"])
         for name in ("suspendImessageSetup", "reactivateImessageSetup"):
             await api.data(mutation(name, "setupId", "setup { id }"), {"id": setup["id"]})
 
