@@ -3,8 +3,10 @@ PostgreSQL) and a separate ``blueline sandbox-provider``, driven by the JS clien
 frontends use (Apollo Client 4, graphql-ws, GraphQL Code Generator) in Node and in
 headless Chromium, with pages served from origins of their own.
 
-One production server serves most of the module; GraphiQL is checked on a second one,
-with no configuration at all, as a developer first meets it.
+One production server serves most of the module. A second one is started exactly as
+README.md's frontend guide says, on the embedded defaults, as a developer first meets
+it: GraphiQL is checked on it, and every snippet of the guide (shell, GraphQL, the
+Apollo Client modules, the codegen config and command) is run against it.
 """
 
 from __future__ import annotations
@@ -12,8 +14,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import re
 import secrets
+import shlex
+import shutil
+import signal
+import subprocess
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +33,7 @@ import httpx
 import pytest
 
 from blueline.access import create_api_key
+from blueline.api import documents, responses, websocket
 from blueline.persistence.database import Database
 from blueline.runtime import EMBEDDED_PROVIDER_PATH
 from tests.conftest import keyring_spec
@@ -40,7 +48,8 @@ from tests.e2e.support import (
 )
 from tests.support.asgi_server import HOST, free_port
 from tests.support.databases import sqlalchemy_url, truncate_pg
-from tests.support.node import NODE_DIR, ensure_node_modules, run_node
+from tests.support.multipart import multipart_subscription
+from tests.support.node import NODE_DIR, ensure_node_modules, node_path, run_node
 
 pytestmark = pytest.mark.e2e
 
@@ -163,9 +172,56 @@ def node_modules() -> None:
     ensure_node_modules()
 
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.M | re.S)
+README_BASE = "http://127.0.0.1:8000"
+
+
+@dataclass(frozen=True)
+class Snippet:
+    lang: str
+    text: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"README.md:{self.line} ({self.lang})"
+
+
+def guide_snippets(kind: str | None = None) -> list[Snippet]:
+    """The fenced blocks of README.md's frontend guide (of one kind)."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index("## For frontend developers\n")
+    end = text.index("\n## ", start + 1)
+    found = [
+        Snippet(m.group(1), m.group(2), text.count("\n", 0, m.start()) + 1)
+        for m in FENCE.finditer(text, start, end)
+    ]
+    chosen = [snippet for snippet in found if kind is None or snippet_kind(snippet) == kind]
+    assert chosen, f"the guide has no {kind} snippet"
+    return chosen
+
+
+def snippet_kind(snippet: Snippet) -> str:
+    """Which test runs a snippet; a snippet of no kind fails the guide's test."""
+    first = snippet.text.splitlines()[0]
+    if snippet.lang == "sh" and "BLUELINE_CORS_ORIGINS=" in first:
+        return "server"
+    if snippet.lang == "sh" and first.startswith("curl "):
+        return "curl"
+    if snippet.lang == "sh" and snippet.text.strip() == "npx graphql-codegen":
+        return "codegen"
+    if snippet.lang == "ts" and first == "// codegen.ts":
+        return "codegen-config"
+    if snippet.lang == "js" and re.fullmatch(r"// src/[\w.-]+\.js", first):
+        return "js"
+    if snippet.lang in ("graphql", "json"):
+        return snippet.lang
+    raise AssertionError(f"{snippet} is run by no test: give it a kind")
+
+
 @dataclass
 class DevServer:
-    """``blueline serve`` with no configuration: the embedded defaults."""
+    """``blueline serve`` started as the guide says, on its embedded defaults."""
 
     process: BluelineProcess
     key: str
@@ -204,10 +260,15 @@ class DevServer:
 
 @pytest.fixture(scope="module")
 def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    [snippet] = guide_snippets("server")
+    words = shlex.split(snippet.text)
+    env = dict(word.split("=", 1) for word in words if re.fullmatch(r"BLUELINE_\w+=.*", word))
+    command = [word for word in words if not re.fullmatch(r"BLUELINE_\w+=.*", word)]
+    assert command == [".venv/bin/blueline", "serve"], snippet
     workdir = tmp_path_factory.mktemp("dev-serve")
     group = ProcessGroup(workdir / "logs")
     try:
-        process = group.serve(port=free_port(), env=clean_env(), cwd=workdir)
+        process = group.serve(port=free_port(), env=clean_env(**env), cwd=workdir)
         key = printed_api_key(process.stdout())
         assert key is not None, process.describe()
         yield DevServer(process, key)
@@ -425,3 +486,287 @@ def test_serve_refuses_origins_it_must_not_trust(
     assert result.returncode != 0
     assert reason in result.stderr
     assert "API key" not in result.stdout
+
+
+# -- the README's frontend guide, snippet by snippet
+
+
+def test_every_snippet_of_the_guide_is_run_by_a_test() -> None:
+    kinds = {snippet_kind(snippet) for snippet in guide_snippets()}
+
+    assert kinds == {"server", "curl", "json", "js", "graphql", "codegen-config", "codegen"}
+
+
+def test_guide_names_every_error_code_the_server_has() -> None:
+    text = README.read_text(encoding="utf-8")
+    guide = text[text.index("## For frontend developers") :]
+    request_codes = {
+        value
+        for name, value in vars(responses).items()
+        if name.isupper() and isinstance(value, str) and value.isupper()
+    } | {documents.PARSE_FAILED, documents.VALIDATION_FAILED, documents.BAD_USER_INPUT}
+    enum = re.search(r"enum UserErrorCode \{([^}]*)\}", SCHEMA.read_text())
+    assert enum is not None
+    user_codes = set(enum[1].split())
+    close_codes = {
+        str(value) for name, value in vars(websocket).items() if name.startswith("CLOSE_")
+    } | {"4500"}
+
+    for code in sorted(request_codes | user_codes):
+        assert f"| `{code}` |" in guide, code
+    for close in sorted(close_codes):
+        assert f"| `{close}` |" in guide, close
+
+
+def _shell(snippet: Snippet, base: str) -> str:
+    return snippet.text.replace(README_BASE, base)
+
+
+async def test_the_guides_curl_commands_answer_as_it_says(dev_server: DevServer) -> None:
+    env = {**os.environ, "KEY": dev_server.key}
+    [expected_refusal] = guide_snippets("json")
+    async with httpx.AsyncClient(base_url=dev_server.url, timeout=30) as http:
+        for snippet in guide_snippets("curl"):
+            command = _shell(snippet, dev_server.url)
+            if "multipart/mixed" in command:
+                output = await _streamed_curl(command, env, dev_server, http)
+                assert "--graphql" in output, output
+                assert '"status":"ASSIGNED","phoneNumber":"+14155550177"' in output, output
+                continue
+            done = await asyncio.to_thread(
+                subprocess.run,
+                ["bash", "-euo", "pipefail", "-c", command],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert done.returncode == 0, (snippet, done.stderr)
+            if "-X OPTIONS" in command:
+                assert "access-control-allow-origin: http://localhost:5173" in done.stdout.lower()
+                assert "access-control-allow-headers:" in done.stdout.lower()
+            elif "$KEY" in command:
+                answer = json.loads(done.stdout)
+                assert "errors" not in answer, (snippet, answer)
+                assert isinstance(answer["data"]["imessageSetups"]["totalCount"], int)
+            else:
+                masked = re.sub(r'"requestId":"[^"]+"', '"requestId":"req_…"', done.stdout)
+                assert json.loads(masked) == json.loads(expected_refusal.text), snippet
+
+
+async def _streamed_curl(
+    command: str, env: dict[str, str], dev_server: DevServer, http: httpx.AsyncClient
+) -> str:
+    """Run a streaming curl until a setup created meanwhile shows in its output."""
+    baseline = await subscribers(http)
+    curl = subprocess.Popen(
+        ["bash", "-euo", "pipefail", "-c", command],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        await _until_subscribed(http, baseline=baseline)
+        setup = await dev_server.create(http, "Curl Dental")
+        await dev_server.place(http, setup, "+14155550177")
+        assert curl.stdout is not None
+        output = ""
+        while "+14155550177" not in output:
+            line = await asyncio.wait_for(asyncio.to_thread(curl.stdout.readline), 20)
+            assert line, output
+            output += line
+        return output
+    finally:
+        os.killpg(curl.pid, signal.SIGTERM)
+        curl.communicate()
+
+
+async def test_the_guides_operations_run(dev_server: DevServer) -> None:
+    headers = {"Authorization": f"Bearer {dev_server.key}"}
+    async with httpx.AsyncClient(base_url=dev_server.url, timeout=30) as http:
+        for snippet in guide_snippets("graphql"):
+            if snippet.text.lstrip().startswith("subscription"):
+                async with multipart_subscription(http, snippet.text, key=dev_server.key) as sub:
+                    assert sub.response.status_code == 200, snippet
+                continue
+            answer = await http.post("/graphql", json={"query": snippet.text}, headers=headers)
+            assert answer.status_code == 200, (snippet, answer.text)
+            assert "errors" not in answer.json(), (snippet, answer.text)
+            assert answer.json()["data"]["createImessageSetup"]["userErrors"] == []
+
+
+def frontend_project(directory: Path) -> Path:
+    """An app's directory as the guide's snippets expect it: the schema copied in, and
+    tests/js's packages as its own."""
+    (directory / "src").mkdir(parents=True)
+    shutil.copyfile(SCHEMA, directory / "schema.graphql")
+    (directory / "node_modules").symlink_to(NODE_DIR / "node_modules")
+    (directory / "package.json").write_text('{"type": "module", "private": true}\n')
+    return directory
+
+
+@pytest.mark.usefixtures("node_modules")
+async def test_the_guides_javascript_runs_against_the_server(
+    dev_server: DevServer, tmp_path: Path
+) -> None:
+    project = frontend_project(tmp_path / "app")
+    for snippet in guide_snippets("js"):
+        (project / snippet.text.splitlines()[0].removeprefix("// ")).write_text(snippet.text)
+    result = await asyncio.to_thread(
+        run_node,
+        NODE_DIR / "readme_snippets.mjs",
+        {
+            "projectDir": str(project),
+            "graphqlUrl": f"{dev_server.url}/graphql",
+            "apiKey": dev_server.key,
+            "sandboxUrl": f"{dev_server.url}{EMBEDDED_PROVIDER_PATH}",
+        },
+        NODE_TIMEOUT_S,
+    )
+
+    print(json.dumps(result, indent=1))  # shown when an assertion below fails
+    assert isinstance(result["list"]["totalCount"], int)
+    assert result["invalid"]["setup"] is None
+    assert [e["code"] for e in result["invalid"]["userErrors"]] == ["INVALID_INPUT"]
+    for name, setup in (("live", result["first"]), ("overHttp", result["fourth"])):
+        watched = result[name]
+        ours = [u for u in watched["updates"] if u["setup"]["id"] == setup["id"]]
+        assert ours[-1]["phoneLine"]["status"] == "ASSIGNED", (name, watched)
+        assert ours[-1]["setup"]["status"] == "ACTIVE"
+        assert watched["refetched"] == 0
+        assert watched["stopped"] is None
+    # Resuming replays what came after the last update seen (the sandbox may place other
+    # setups' numbers meanwhile), in order, nothing twice.
+    resumed = result["resumed"]
+    replayed = [u["eventId"] for u in resumed["updates"]]
+    assert replayed == sorted(set(replayed))
+    assert replayed[0] > result["live"]["lastEventId"]
+    assert [u["setup"]["id"] for u in resumed["updates"]].count(result["second"]["id"]) == 1
+    assert resumed["refetched"] == 0
+    assert result["tooOld"]["refetched"] == 1
+    assert result["tooOld"]["stopped"] is None
+    assert "4403" in result["refusedWs"]["stopped"]
+    assert "401" in result["refusedHttp"]["stopped"]
+    for refused in ("refusedWs", "refusedHttp"):
+        assert result[refused]["updates"] == []
+
+
+@pytest.mark.usefixtures("node_modules")
+def test_the_guides_codegen_command_types_its_operations(tmp_path: Path) -> None:
+    project = frontend_project(tmp_path / "app")
+    [config] = guide_snippets("codegen-config")
+    (project / "codegen.ts").write_text(config.text)
+    documents = "\n".join(snippet.text for snippet in guide_snippets("graphql"))
+    (project / "src" / "guide.graphql").write_text(documents)
+    (project / "src" / "app.graphql").write_text(APP_DOCUMENTS)
+    (project / "src" / "use.ts").write_text(USES_TYPES)
+    [command] = guide_snippets("codegen")
+    npx = shutil.which("npx", path=str(Path(node_path()).parent)) or "npx"
+
+    generated = subprocess.run(
+        [npx, *shlex.split(command.text)[1:]],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=NODE_TIMEOUT_S,
+        env={**os.environ, "npm_config_offline": "true"},
+    )
+    assert generated.returncode == 0, generated.stdout + generated.stderr
+    types = (project / "src" / "gql" / "types.ts").read_text()
+    checked = subprocess.run(
+        [
+            node_path(),
+            str(NODE_DIR / "node_modules" / "typescript" / "bin" / "tsc"),
+            "--noEmit",
+            "--strict",
+            "--module",
+            "esnext",
+            "--moduleResolution",
+            "bundler",
+            "src/use.ts",
+        ],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=NODE_TIMEOUT_S,
+    )
+
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "export type UserErrorCode =" in types
+    assert "export type CreateAcmeMutation = " in types
+    assert "export type LinesSubscription = " in types
+
+
+# Beyond the guide's own: fragments, enums, every root type, a page of audit events.
+APP_DOCUMENTS = """
+fragment SetupCard on IMessageSetup {
+  id businessName label status phoneLineCount createdAt updatedAt suspendedAt closedAt
+}
+
+query SetupPage($first: Int, $after: String, $status: IMessageSetupStatus) {
+  imessageSetups(first: $first, after: $after, status: $status) {
+    totalCount
+    edges { cursor node { ...SetupCard } }
+    pageInfo { hasNextPage hasPreviousPage startCursor endCursor }
+  }
+}
+
+query SetupDetail($id: ID!) {
+  imessageSetup(id: $id) {
+    ...SetupCard
+    phoneLines(includeReleased: true) {
+      id status phoneNumber requestId requestedAt assignedAt releasedAt
+    }
+  }
+  node(id: $id) { id }
+}
+
+query Audit($setupId: ID) {
+  auditEvents(first: 50, setupId: $setupId) {
+    edges { node { id occurredAt action actor setupId phoneLineId requestId changes } }
+    pageInfo { hasNextPage endCursor }
+  }
+}
+
+mutation Suspend($id: ID!) {
+  suspendImessageSetup(input: { setupId: $id }) {
+    setup { ...SetupCard }
+    userErrors { field message code }
+  }
+}
+
+subscription SetupChanges($after: String) {
+  imessageSetupUpdates(after: $after) { eventId change setup { ...SetupCard } }
+}
+"""
+
+USES_TYPES = """
+import type {
+  CreateAcmeMutation,
+  LinesSubscription,
+  SetupPageQuery,
+  SuspendMutation,
+  UserErrorCode,
+} from "./gql/types";
+
+export function firstCode(answer: CreateAcmeMutation): UserErrorCode | undefined {
+  return answer.createImessageSetup.userErrors[0]?.code;
+}
+
+export function hasPreviousPage(page: SetupPageQuery): boolean {
+  return page.imessageSetups.pageInfo.hasPreviousPage;
+}
+
+export function liveNumber(update: LinesSubscription): string | null | undefined {
+  return update.phoneLineUpdates.phoneLine.phoneNumber;
+}
+
+export function suspendedAt(answer: SuspendMutation): string | null | undefined {
+  return answer.suspendImessageSetup.setup?.suspendedAt;
+}
+
+const wire: UserErrorCode = "PROVIDER_UNAVAILABLE";
+export { wire };
+"""
