@@ -681,6 +681,8 @@ def test_the_guides_codegen_command_types_its_operations(tmp_path: Path) -> None
             str(NODE_DIR / "node_modules" / "typescript" / "bin" / "tsc"),
             "--noEmit",
             "--strict",
+            # The generated file and its use are checked; the packages' own .d.ts are not ours.
+            "--skipLibCheck",
             "--module",
             "esnext",
             "--moduleResolution",
