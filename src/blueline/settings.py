@@ -7,6 +7,7 @@ URLs that may carry a password are secrets: they never show in a repr or a log l
 from __future__ import annotations
 
 import ipaddress
+import re
 from enum import StrEnum
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -17,11 +18,35 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # The simulator's public partner key: not a secret.
 SANDBOX_PARTNER_KEY = "sandbox_partner_key"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_HOST_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
 class Environment(StrEnum):
     DEVELOPMENT = "development"
     PRODUCTION = "production"
+
+
+def _origin_host(hostname: str) -> str | None:
+    """The host as browsers serialise it in ``Origin`` (IPv6 compressed in brackets,
+    international names in punycode), or None when it is no host name at all.
+
+    Litestar reads ``*`` in an allowed origin as a wildcard, so a host such as ``*`` or
+    ``*.example.com`` would let every site in over HTTP while the WebSocket check, which
+    compares literally, kept refusing them: such hosts are not origins here.
+    """
+    if ":" in hostname:
+        try:
+            return f"[{ipaddress.IPv6Address(hostname).compressed}]"
+        except ValueError:
+            return None
+    try:
+        ascii_host = hostname.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    labels = ascii_host.lower().split(".")
+    if not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        return None
+    return ".".join(labels)
 
 
 def normalize_origin(origin: str) -> str | None:
@@ -35,7 +60,9 @@ def normalize_origin(origin: str) -> str | None:
         return None
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
         return None
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    host = _origin_host(parts.hostname)
+    if host is None:
+        return None
     if port is not None and port != _DEFAULT_PORTS[parts.scheme]:
         host = f"{host}:{port}"
     return f"{parts.scheme}://{host}"
@@ -179,6 +206,11 @@ class Settings(BaseSettings):
                 continue
             if raw == "*":
                 found.append("BLUELINE_CORS_ORIGINS must list origins; '*' is never allowed")
+            elif "*" in raw:
+                found.append(
+                    f"BLUELINE_CORS_ORIGINS has {raw!r}: wildcards are never allowed; "
+                    "list each origin"
+                )
             elif normalize_origin(raw) is None:
                 found.append(
                     f"BLUELINE_CORS_ORIGINS has {raw!r}, which is not an origin "

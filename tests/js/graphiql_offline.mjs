@@ -5,7 +5,8 @@
 // stdin: {"base": "http://127.0.0.1:PORT", "apiKey": "...", "operation": "subscription {…}",
 //         "expect": "tick 2", "graphqlPath": "/graphql", "timeoutMs": 30000,
 //         "screenshot": "/tmp/x.png" (optional)}
-// stdout (last line): {"ok": true, "blocked": [], "consoleErrors": [], "result": "…", …}
+// stdout (last line): {"ok": true, "blocked": [], "consoleErrors": [], "initialHeaders": "…",
+//                      "headers": "…", "rootTypes": […], "result": "…", …}
 import { launch, runScript } from "./browser.mjs";
 
 const PLACEHOLDER = "<your key>";
@@ -46,6 +47,7 @@ runScript(async (args, partial) => {
     mark("rendered");
 
     const shownHeaders = await editorValue(page, HEADERS_EDITOR);
+    partial.initialHeaders = shownHeaders;
     if (!shownHeaders.includes(PLACEHOLDER)) {
       throw new Error(`headers editor does not offer the placeholder: ${shownHeaders}`);
     }

@@ -8,14 +8,17 @@ request id. Requests are authenticated before they get here (``api.auth``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from graphql import OperationType
 from litestar import MediaType, Request, Response, get, post
+from litestar.background_tasks import BackgroundTask
 from litestar.exceptions import ClientException
 from litestar.params import FromPath
 from litestar.response import Stream
@@ -23,7 +26,9 @@ from strawberry.http.streaming import MultipartSubscriptionTransport, merge_stre
 
 from blueline import graphiql
 from blueline.api import responses
+from blueline.api.auth import client_address
 from blueline.api.live import LiveEnd, Operation, Runner
+from blueline.api.websocket import CLOSE_FORBIDDEN, Sockets
 from blueline.domain import Caller
 from blueline.observability.metrics import record_operation
 from blueline.observability.request_id import current_request_id
@@ -97,6 +102,48 @@ def unavailable() -> Response[bytes]:
     )
 
 
+def _split_unquoted(text: str, separator: str) -> list[str]:
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+        if char == separator and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def accepts_multipart_subscription(accept: str) -> bool:
+    """Whether any media range of ``Accept`` asks for multipart subscriptions.
+
+    Accept is a list whose order carries no preference and whose media types are
+    case-insensitive (RFC 9110); Strawberry's own check reads the whole header as one
+    media type, so a client that lists ``application/json`` first got a 400.
+    """
+    for media_range in _split_unquoted(accept, ","):
+        media_type, *parameters = _split_unquoted(media_range, ";")
+        if media_type.strip().lower() != "multipart/mixed":
+            continue
+        params = {}
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            params[name.strip().lower()] = value.strip().strip('"')
+        if params.get("boundary", _MULTIPART.separator) != _MULTIPART.separator:
+            continue
+        try:
+            refused = float(params.get("q", "1")) == 0
+        except ValueError:
+            refused = False
+        if params.get("subscriptionspec", "").startswith("1.0") and not refused:
+            return True
+    return False
+
+
 def _caller(request: Request[Any, Any, Any]) -> Caller:
     caller = request.scope.get("auth")
     assert isinstance(caller, Caller)  # api.auth ran first
@@ -104,7 +151,12 @@ def _caller(request: Request[Any, Any, Any]) -> Caller:
 
 
 async def _run(
-    request: Request[Any, Any, Any], runner: Runner, payload: GraphQLRequest, *, via_get: bool
+    request: Request[Any, Any, Any],
+    runner: Runner,
+    payload: GraphQLRequest,
+    *,
+    via_get: bool,
+    sockets: Sockets | None = None,
 ) -> Response[Any]:
     if not payload.query:
         return failure(400, "No GraphQL query found in the request", responses.BAD_REQUEST)
@@ -116,7 +168,7 @@ async def _run(
     op = prepared
     if via_get and op.kind != OperationType.QUERY:
         return failure(405, "Only queries may be sent with GET", responses.METHOD_NOT_ALLOWED)
-    if op.kind == OperationType.SUBSCRIPTION and not _MULTIPART.accepts(
+    if op.kind == OperationType.SUBSCRIPTION and not accepts_multipart_subscription(
         request.headers.get("accept", "")
     ):
         return failure(400, SUBSCRIBE_HOW, responses.SUBSCRIPTION_TRANSPORT)
@@ -129,7 +181,16 @@ async def _run(
             headers={"Retry-After": "1"},
         )
     if op.kind == OperationType.SUBSCRIPTION:
-        return _multipart(runner, op, caller)
+        assert sockets is not None  # only POST reaches here with a subscription
+        slot = _StreamSlot(client_address(request), caller)
+        if not sockets.admit(slot):
+            return failure(
+                503,
+                "Too many connections; try again later",
+                responses.UNAVAILABLE,
+                headers={"Retry-After": "1"},
+            )
+        return _multipart(runner, op, caller, slot, sockets)
     body, storage_down = await runner.execute(op, caller, current_request_id())
     record_operation(caller.api_key_id, op.label, "unavailable" if storage_down else "ok")
     if storage_down:
@@ -137,17 +198,73 @@ async def _run(
     return _json(body)
 
 
-def _multipart(runner: Runner, op: Operation, caller: Caller) -> Response[Any]:
+class _StreamSlot:
+    """A multipart subscription as the connection caps and revocation see it: what a
+    socket would be closed with ends the stream instead, with the reason as its error."""
+
+    __slots__ = ("caller", "client", "closed", "ended")
+
+    def __init__(self, client: str, caller: Caller) -> None:
+        self.client = client
+        self.caller: Caller | None = caller
+        self.ended = asyncio.Event()
+        self.closed: tuple[int, str] = (0, "")
+
+    def close_soon(self, code: int, reason: str) -> None:
+        if not self.ended.is_set():
+            self.closed = (code, reason)
+            self.ended.set()
+
+    def ping_soon(self) -> None:
+        """The stream's heartbeats already keep it alive."""
+
+    def error(self) -> dict[str, Any]:
+        code, reason = self.closed
+        kind = responses.UNAUTHENTICATED if code == CLOSE_FORBIDDEN else responses.UNAVAILABLE
+        return responses.error(reason, kind)
+
+
+async def _until_ended(updates: AsyncIterator[str], slot: _StreamSlot) -> AsyncIterator[str]:
+    """``updates`` until they end or ``slot`` is closed (then :class:`LiveEnd`)."""
+    ended = asyncio.ensure_future(slot.ended.wait())
+    following: asyncio.Future[str] | None = None
+    try:
+        while True:
+            following = asyncio.ensure_future(anext(updates))
+            await asyncio.wait((following, ended), return_when=asyncio.FIRST_COMPLETED)
+            if not following.done():
+                raise LiveEnd([slot.error()])
+            yield following.result()
+    except StopAsyncIteration:
+        return
+    finally:
+        ended.cancel()
+        # Also when the client left (this generator cancelled): the pending step runs
+        # inside ``updates``, which can only be closed once it has stopped.
+        if following is not None and not following.done():
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, LiveEnd):
+                await following
+
+
+def _multipart(
+    runner: Runner, op: Operation, caller: Caller, slot: _StreamSlot, sockets: Sockets
+) -> Response[Any]:
     request_id = current_request_id()
 
     async def parts() -> AsyncGenerator[str, None]:
+        updates = runner.subscribe(op, caller, request_id, "multipart")
         try:
-            async for text in runner.subscribe(op, caller, request_id, "multipart"):
+            async for text in _until_ended(updates, slot):
                 yield _MULTIPART.encode_next(_Raw(text), _raw_json)  # type: ignore[arg-type]
         except LiveEnd as ended:
             yield _MULTIPART.encode_multipart_data(
                 {"payload": {"errors": ended.errors}}, _json_text
             )
+        finally:
+            sockets.leave(slot)
+            if isinstance(updates, AsyncGenerator):
+                await updates.aclose()
         yield _MULTIPART.encode_complete()
 
     stream = merge_stream_with_heartbeat(
@@ -156,7 +273,12 @@ def _multipart(runner: Runner, op: Operation, caller: Caller) -> Response[Any]:
         interval=_MULTIPART.heartbeat_interval,
         send_initial_heartbeat=True,
     )
-    return Stream(stream(), headers=dict(_MULTIPART.headers))
+    # Also when the body never starts (the client left first), the slot is given back.
+    return Stream(
+        stream(),
+        headers=dict(_MULTIPART.headers),
+        background=BackgroundTask(sockets.leave, slot),
+    )
 
 
 class _Raw:
@@ -188,7 +310,9 @@ def graphql_handlers(*, max_body_bytes: int, production: bool, middleware: list[
         status_code=200,
         middleware=middleware,
     )
-    async def graphql_post(request: Request[Any, Any, Any], runner: Runner) -> Response[Any]:
+    async def graphql_post(
+        request: Request[Any, Any, Any], runner: Runner, sockets: Sockets
+    ) -> Response[Any]:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in (responses.JSON, responses.GRAPHQL_RESPONSE_JSON):
             return failure(
@@ -206,7 +330,7 @@ def graphql_handlers(*, max_body_bytes: int, production: bool, middleware: list[
         payload = parse_request(body)
         if isinstance(payload, str):
             return failure(400, f"Not a GraphQL request: {payload}", responses.BAD_REQUEST)
-        return await _run(request, runner, payload, via_get=False)
+        return await _run(request, runner, payload, via_get=False, sockets=sockets)
 
     @get(GRAPHQL_PATH, middleware=middleware)
     async def graphql_get(request: Request[Any, Any, Any], runner: Runner) -> Response[Any]:

@@ -22,7 +22,7 @@ import functools
 import json
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from graphql import OperationType
 from litestar import WebSocket, websocket
@@ -77,19 +77,34 @@ def key_from(payload: Any) -> str | None:
     return None
 
 
+class Live(Protocol):
+    """A connection holding subscriptions: a socket, or a multipart stream over HTTP."""
+
+    @property
+    def client(self) -> str: ...
+
+    @property
+    def caller(self) -> Caller | None: ...
+
+    def close_soon(self, code: int, reason: str) -> None: ...
+
+    def ping_soon(self) -> None: ...
+
+
 class Sockets:
-    """Every GraphQL socket of the process: caps, the ping ticker, revocation."""
+    """Every GraphQL socket and multipart stream of the process: caps, the ping ticker,
+    revocation. Both count toward the same caps, so neither is a way around them."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._sessions: set[Session] = set()
+        self._sessions: set[Live] = set()
         self._per_client: dict[str, int] = {}
         self._ticker: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def admit(self, session: Session) -> bool:
+    def admit(self, session: Live) -> bool:
         s = self._settings
         client = session.client
         if (
@@ -105,7 +120,7 @@ class Sockets:
             )
         return True
 
-    def leave(self, session: Session) -> None:
+    def leave(self, session: Live) -> None:
         if session not in self._sessions:
             return
         self._sessions.discard(session)
