@@ -106,9 +106,7 @@ class EventLog:
     def __init__(self, db: Database) -> None:
         self._db = db
         p = db.dialect.placeholder
-        self._current = (
-            f"SELECT id, event_seq FROM workspace WHERE {db.dialect.member_of('id', 1)}"
-        )
+        self._current = f"SELECT id, event_seq FROM workspace WHERE {db.dialect.member_of('id', 1)}"
         # Subscriptions opened together share one lookup of their workspaces' seqs.
         self._seqs: Batcher[str, int] = Batcher(
             self._current_seqs, max_size=256, concurrency=2, name="blueline-current-seqs"
