@@ -45,7 +45,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
 from bench.infra import raise_fd_limit, rss_kib
-from blueline.app import create_app, uvicorn_options
+from blueline.app import Server, create_app, uvicorn_options
 from blueline.persistence.database import STATEMENT_OBSERVERS
 from blueline.runtime import Runtime
 from blueline.settings import Settings
@@ -195,13 +195,14 @@ def main() -> None:
     raise_fd_limit()
     settings = Settings()
     options: dict[str, Any] = {**uvicorn_options(settings), "timeout_graceful_shutdown": 5}
-    uvicorn.run(
+    config = uvicorn.Config(
         build(settings, extras=not args.no_extras),
         host=settings.host,
         port=settings.port,
         backlog=4096,
         **options,  # as `blueline serve` runs it
     )
+    Server(config).run()
 
 
 if __name__ == "__main__":

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import uvicorn
 from litestar import Litestar, MediaType, Request, Response
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
@@ -139,6 +141,7 @@ def create_app(settings: Settings) -> Litestar:
             max_body_bytes=settings.graphql_max_body_bytes,
             production=settings.is_production,
             middleware=[authenticate],
+            sockets=sockets,
         ),
         websocket_handler(settings.allowed_origins, sockets),
         receive_imessage_webhook,
@@ -190,7 +193,23 @@ def create_app(settings: Settings) -> Litestar:
     # Outermost, so every answer (CORS preflights, errors from middleware) carries the
     # request id and every log line of the request names it.
     app.asgi_handler = request_id_middleware(app.asgi_handler)
+    app.state.sockets = sockets  # for Server.shutdown, which starts before the lifespan's
     return app
+
+
+class Server(uvicorn.Server):
+    """uvicorn as ``serve`` runs it.
+
+    On a stop uvicorn waits for responses in flight before the lifespan's shutdown runs,
+    so a multipart subscription (a response that never ends by itself) would hold the
+    stop for the whole grace period and then be cut off. Streams and sockets are told
+    first, and end with their resume hint while the server still answers."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        registry = getattr(getattr(self.config.app, "state", None), "sockets", None)
+        if isinstance(registry, Sockets):
+            registry.closing()
+        await super().shutdown(sockets=sockets)
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:

@@ -79,7 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from blueline.access import bootstrap_default_workspace
-    from blueline.app import create_app, uvicorn_options
+    from blueline.app import Server, create_app, uvicorn_options
     from blueline.runtime import load_vault
 
     if settings.is_production and settings.database_url.get_secret_value().startswith("sqlite"):
@@ -91,9 +91,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if key is not None:
         print(f"API key: {key}", flush=True)
     print(f"Blueline listening on http://{settings.host}:{settings.port}/graphql", flush=True)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, **uvicorn_options(settings)
     )
+    Server(config).run()
     return 0
 
 

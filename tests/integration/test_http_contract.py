@@ -567,12 +567,6 @@ async def test_multipart_streams_count_toward_the_connection_caps(contract: Cont
     assert again.response.status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="uvicorn drains in-flight responses before the lifespan's shutdown, so an open "
-    "multipart stream is only cut off when timeout_graceful_shutdown runs out; ending "
-    "streams needs a hook where serve starts shutting down (blueline.cli / app lifespan)",
-)
 async def test_stopping_the_server_completes_multipart_streams_for_a_resume(
     contract: Contract,
 ) -> None:

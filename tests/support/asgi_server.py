@@ -14,6 +14,8 @@ from typing import Any
 
 import uvicorn
 
+from blueline.app import Server
+
 HOST = "127.0.0.1"
 
 
@@ -70,7 +72,8 @@ def serve_asgi(
         "timeout_graceful_shutdown": 5,
     }
     options.update(config)
-    server = uvicorn.Server(uvicorn.Config(app, host=HOST, port=actual_port, **options))
+    # Blueline's own server class, as `blueline serve` runs: streams hear of a stop first.
+    server = Server(uvicorn.Config(app, host=HOST, port=actual_port, **options))
     failure: list[BaseException] = []
 
     def run() -> None:

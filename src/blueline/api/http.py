@@ -303,16 +303,18 @@ def _json_text(value: object) -> str:
     return responses.encode(value).decode()
 
 
-def graphql_handlers(*, max_body_bytes: int, production: bool, middleware: list[Any]) -> list[Any]:
+def graphql_handlers(
+    *, max_body_bytes: int, production: bool, middleware: list[Any], sockets: Sockets
+) -> list[Any]:
+    # Handlers inject the runner only: Litestar resolves two or more dependencies in an
+    # anyio task group, a task each, on every request.
     @post(
         GRAPHQL_PATH,
         request_max_body_size=max_body_bytes,
         status_code=200,
         middleware=middleware,
     )
-    async def graphql_post(
-        request: Request[Any, Any, Any], runner: Runner, sockets: Sockets
-    ) -> Response[Any]:
+    async def graphql_post(request: Request[Any, Any, Any], runner: Runner) -> Response[Any]:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in (responses.JSON, responses.GRAPHQL_RESPONSE_JSON):
             return failure(
