@@ -13,12 +13,15 @@ Every document a client sends, over HTTP or WebSocket, goes through
 Results are cached by the SHA-256 of the text, never by the text itself, and the cache
 is bounded by an estimate of the memory it holds, so a flood of distinct documents only
 evicts. Cached documents are parsed without locations (a located AST keeps its whole
-source alive); an invalid document is parsed again with locations to word its errors.
+source alive); an invalid document is parsed again with locations to word its errors,
+and only the worded errors are kept (messages and line/column pairs, no nodes, no
+source), so what an entry holds is what its estimate counts.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,9 +35,11 @@ from graphql import (
     GraphQLError,
     GraphQLSchema,
     InlineFragmentNode,
+    Node,
     OperationDefinitionNode,
     OperationType,
     SelectionSetNode,
+    SourceLocation,
     parse,
     specified_rules,
     validate,
@@ -59,8 +64,15 @@ VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
 BAD_USER_INPUT = "BAD_USER_INPUT"
 
 _INTROSPECTION_ROOTS = frozenset({"__schema", "__type"})
-# Rough bytes of memory per AST node of a location-free document, for the cache budget.
+# Memory an entry holds, for the cache budget, measured with tracemalloc on hostile
+# documents: per AST node of a location-free document, per kept error (its locations,
+# extensions, the object) beside its message, and per entry (the Prepared, its dicts and
+# its plans, the cache's slot).
 _BYTES_PER_NODE = 400
+_BYTES_PER_ERROR = 1024
+_BYTES_PER_ENTRY = 16 * 1024
+# Plans kept per document (per operation name and @skip/@include values).
+_MAX_PLANS = 32
 
 
 def coded(error: GraphQLError, code: str) -> GraphQLError:
@@ -75,6 +87,38 @@ def coded(error: GraphQLError, code: str) -> GraphQLError:
         original_error=error.original_error,
         extensions=extensions,
     )
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An error as the client sees it, detached from the document: a GraphQLError holds
+    the nodes it is about, and through them (located) every token and the whole text."""
+
+    message: str
+    locations: tuple[tuple[int, int], ...] | None
+    extensions: dict[str, Any]
+
+    @classmethod
+    def of(cls, error: GraphQLError, code: str) -> Failure:
+        extensions = dict(error.extensions or {})
+        extensions.setdefault("code", code)
+        locations = (
+            None
+            if error.locations is None
+            else tuple((loc.line, loc.column) for loc in error.locations)
+        )
+        return cls(error.message, locations, extensions)
+
+    def error(self) -> GraphQLError:
+        # A fresh error each time: one that is raised carries the raising frames along.
+        error = GraphQLError(self.message, extensions=dict(self.extensions))
+        if self.locations is not None:
+            error.locations = [SourceLocation(line, column) for line, column in self.locations]
+        return error
+
+    @property
+    def estimated_bytes(self) -> int:
+        return sys.getsizeof(self.message) + _BYTES_PER_ERROR
 
 
 # ------------------------------------------------------------------------------ cost
@@ -145,10 +189,10 @@ class CostWalker:
 
 def _cost_errors(
     document: DocumentNode,
-) -> tuple[list[GraphQLError], int, int, dict[str | None, int]]:
-    """Errors for operations over a bound; the selections visited and the nodes held
-    (for the cache's memory estimate); each operation's root fields, fragments
-    expanded (a mutation request is charged one rate-limit token per field)."""
+) -> tuple[list[GraphQLError], int, dict[str | None, int]]:
+    """Errors for operations over a bound; the selections visited; each operation's
+    root fields, fragments expanded (a mutation request is charged one rate-limit token
+    per field)."""
     fragments = {
         d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
     }
@@ -190,28 +234,42 @@ def _cost_errors(
                     extensions={"code": VALIDATION_FAILED},
                 )
             )
-    return errors, walker.visited, walker.visited + len(fragments), roots
+    return errors, walker.visited, roots
 
 
 # ----------------------------------------------------------------------- documents
 
 
+class Plans(dict[Any, Any]):
+    """A document's plans, at most ``_MAX_PLANS`` (the oldest goes first): each variant
+    of ``@skip``/``@include`` values and each operation name can add one."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if key not in self and len(self) >= _MAX_PLANS:
+            del self[next(iter(self))]
+        super().__setitem__(key, value)
+
+
 @dataclass
 class Prepared:
-    """A parsed document and its verdict. ``errors`` empty means valid."""
+    """A parsed document and its verdict. No ``failures`` means valid."""
 
     digest: bytes
     document: DocumentNode | None
-    errors: list[GraphQLError]
+    failures: tuple[Failure, ...]
     estimated_bytes: int
     visited: int = 0
     root_fields: dict[str | None, int] = field(default_factory=dict)
     # Filled by the planner, per operation name (and skip/include values).
-    plans: dict[Any, Any] = field(default_factory=dict)
+    plans: Plans = field(default_factory=Plans)
+
+    @property
+    def errors(self) -> list[GraphQLError]:
+        return [failure.error() for failure in self.failures]
 
     @property
     def valid(self) -> bool:
-        return not self.errors and self.document is not None
+        return not self.failures and self.document is not None
 
     def operation(self, name: str | None) -> OperationDefinitionNode | None:
         """The operation to run, as graphql-core picks it (None when ambiguous/unknown)."""
@@ -230,6 +288,26 @@ class Prepared:
 
 def digest_of(query: str) -> bytes:
     return hashlib.sha256(query.encode("utf-8", "surrogatepass")).digest()
+
+
+def _node_count(document: DocumentNode) -> int:
+    """Every node of the AST (names, arguments, values and directives too)."""
+    count = 0
+    pending: list[Any] = [document]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, Node):
+            count += 1
+            pending.extend(getattr(item, key) for key in item.keys if key != "loc")
+        elif isinstance(item, tuple | list):
+            pending.extend(item)
+    return count
+
+
+def _failed(digest: bytes, errors: Sequence[GraphQLError], code: str, visited: int = 0) -> Prepared:
+    failures = tuple(Failure.of(e, code) for e in errors)
+    estimate = _BYTES_PER_ENTRY + sum(f.estimated_bytes for f in failures)
+    return Prepared(digest, None, failures, estimate, visited)
 
 
 class DocumentCache:
@@ -282,26 +360,22 @@ class DocumentCache:
         )
 
     def _prepare(self, query: str, digest: bytes) -> Prepared:
-        estimate = len(query)
         try:
             document = self._parse(query, located=False)
-        except GraphQLError:
-            try:
-                self._parse(query, located=True)
-            except GraphQLError as located_error:
-                return Prepared(digest, None, [coded(located_error, PARSE_FAILED)], estimate)
-            raise  # pragma: no cover - both parses see the same text
-        errors, visited, nodes, roots = _cost_errors(document)
-        estimate += nodes * _BYTES_PER_NODE
+        except GraphQLError as error:
+            # A syntax error is located by its position in the text, parsed or not.
+            return _failed(digest, [error], PARSE_FAILED)
+        errors, visited, roots = _cost_errors(document)
         if errors:
-            return Prepared(digest, None, errors, estimate, visited)
+            return _failed(digest, errors, VALIDATION_FAILED, visited)
         errors = self._validate(document)
         if errors:
             # Word the errors with their positions in the text.
             located = self._parse(query, located=True)
-            errors = [coded(e, VALIDATION_FAILED) for e in self._validate(located)]
-            return Prepared(digest, None, errors, estimate, visited)
-        return Prepared(digest, document, [], estimate, visited, roots)
+            return _failed(digest, self._validate(located), VALIDATION_FAILED, visited)
+        # The values a location-free AST keeps (names, literals) are slices of the text.
+        estimate = _BYTES_PER_ENTRY + sys.getsizeof(query) + _node_count(document) * _BYTES_PER_NODE
+        return Prepared(digest, document, (), estimate, visited, roots)
 
     def _validate(self, document: DocumentNode) -> list[GraphQLError]:
         return validate(
