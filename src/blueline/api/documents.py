@@ -8,7 +8,10 @@ Every document a client sends, over HTTP or WebSocket, goes through
    walk that memoises each fragment, so the work is linear in the document's size:
    a fragment used twice by each of 39 nested fragments expands to 2^39 fields and is
    refused in microseconds rather than walked for minutes;
-3. only then does graphql-core validate it (without suggestions in production).
+3. the same field selected many times in one place (through fragments and inline
+   fragments) is bounded too: graphql-core's check that such fields can be merged
+   compares them in pairs, so 300 copies of one field cost it a third of a second;
+4. only then does graphql-core validate it (without suggestions in production).
 
 Results are cached by the SHA-256 of the text, never by the text itself, and the cache
 is bounded by an estimate of the memory it holds, so a flood of distinct documents only
@@ -56,6 +59,9 @@ MAX_INTROSPECTION_DEPTH = 16
 MAX_ALIASES = 30
 MAX_FIELDS = 1000
 MAX_MUTATION_FIELDS = 10
+# Fields under one response key in one place, fragments expanded (a colocated `id` in
+# each of a dozen fragments is ordinary; graphql-core compares them in pairs).
+MAX_REPEATED_FIELD = 20
 MAX_VALIDATION_ERRORS = 20
 
 # Error codes a client can branch on (``extensions.code``).
@@ -131,6 +137,8 @@ class Cost:
     depth: int = 0
     introspection_depth: int = 0
     root_fields: int = 0
+    # Every selection once fragments are expanded (fields, spreads, inline fragments).
+    expanded: int = 0
 
 
 class CostWalker:
@@ -146,13 +154,15 @@ class CostWalker:
     def selection_set(self, node: SelectionSetNode | None) -> Cost:
         if node is None:
             return Cost()
-        fields = aliases = depth = intro = roots = 0
+        fields = aliases = depth = intro = roots = expanded = 0
         for selection in node.selections:
             self.visited += 1
+            expanded += 1
             if isinstance(selection, FieldNode):
                 child = self.selection_set(selection.selection_set)
                 fields += 1 + child.fields
                 aliases += (1 if selection.alias else 0) + child.aliases
+                expanded += child.expanded
                 roots += 1
                 if selection.name.value in _INTROSPECTION_ROOTS:
                     intro = max(intro, 1 + max(child.depth, child.introspection_depth))
@@ -171,7 +181,8 @@ class CostWalker:
             depth = max(depth, inner.depth)
             intro = max(intro, inner.introspection_depth)
             roots += inner.root_fields
-        return Cost(fields, aliases, depth, intro, roots)
+            expanded += inner.expanded
+        return Cost(fields, aliases, depth, intro, roots, expanded)
 
     def _fragment(self, name: str) -> Cost:
         known = self._memo.get(name)
@@ -185,6 +196,54 @@ class CostWalker:
         self._active.discard(name)
         self._memo[name] = cost
         return cost
+
+    def most_repeated(self, node: SelectionSetNode, budget: int) -> tuple[int, str]:
+        """The largest number of fields under one response key in one place, and that
+        key, with fragments expanded and fields of the same key merged as the response
+        merges them (a fragment spread twice in one place counts once, as graphql-core
+        compares it once). It walks the expansion: ``budget`` is its size as
+        :meth:`selection_set` measured it, and a walk that goes past it has met a cycle
+        through a field (validation reports those)."""
+        worst = (0, "")
+        pending: list[list[SelectionSetNode]] = [[node]]
+        left = [budget]
+        while pending and left[0] >= 0:
+            by_key: dict[str, list[SelectionSetNode]] = {}
+            counts: dict[str, int] = {}
+            expanded: set[str] = set()
+            for selection_set in pending.pop():
+                self._gather(selection_set, by_key, counts, expanded, left)
+            for key, count in counts.items():
+                if count > worst[0]:
+                    worst = (count, key)
+            pending.extend(children for children in by_key.values() if children)
+        return worst
+
+    def _gather(
+        self,
+        node: SelectionSetNode,
+        by_key: dict[str, list[SelectionSetNode]],
+        counts: dict[str, int],
+        expanded: set[str],
+        left: list[int],
+    ) -> None:
+        for selection in node.selections:
+            left[0] -= 1
+            if isinstance(selection, FieldNode):
+                key = (selection.alias or selection.name).value
+                counts[key] = counts.get(key, 0) + 1
+                children = by_key.setdefault(key, [])
+                if selection.selection_set is not None:
+                    children.append(selection.selection_set)
+            elif isinstance(selection, InlineFragmentNode):
+                self._gather(selection.selection_set, by_key, counts, expanded, left)
+            elif isinstance(selection, FragmentSpreadNode):
+                name = selection.name.value
+                definition = self._fragments.get(name)
+                if definition is None or name in expanded:
+                    continue  # unknown (validation reports it), cyclic or already counted
+                expanded.add(name)
+                self._gather(definition.selection_set, by_key, counts, expanded, left)
 
 
 def _cost_errors(
@@ -226,6 +285,13 @@ def _cost_errors(
             problems.append(
                 f"it runs {cost.root_fields} mutations (at most {MAX_MUTATION_FIELDS} per request)"
             )
+        if not problems and cost.expanded <= 2 * MAX_FIELDS:
+            repeats, key = walker.most_repeated(definition.selection_set, cost.expanded)
+            if repeats > MAX_REPEATED_FIELD:
+                problems.append(
+                    f"it selects '{key[:64]}' {repeats} times in one place once fragments "
+                    f"are expanded (at most {MAX_REPEATED_FIELD})"
+                )
         if problems:
             name = definition.name.value if definition.name else "anonymous"
             errors.append(
