@@ -36,6 +36,11 @@ from graphql import (
     FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLError,
+    GraphQLID,
+    GraphQLInputObjectType,
+    GraphQLInputType,
+    GraphQLList,
+    GraphQLNonNull,
     GraphQLSchema,
     InlineFragmentNode,
     Node,
@@ -43,8 +48,10 @@ from graphql import (
     OperationType,
     SelectionSetNode,
     SourceLocation,
+    is_input_type,
     parse,
     specified_rules,
+    type_from_ast,
     validate,
 )
 from graphql.execution.values import get_variable_values
@@ -376,6 +383,32 @@ def _failed(digest: bytes, errors: Sequence[GraphQLError], code: str, visited: i
     return Prepared(digest, None, failures, estimate, visited)
 
 
+def _has_lone_surrogate(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _bad_id(type_: GraphQLInputType, value: Any) -> bool:
+    """Whether an ID in ``value`` (a variable's JSON, already coerced without errors)
+    holds an unpaired surrogate, which no database can store."""
+    if isinstance(type_, GraphQLNonNull):
+        return _bad_id(type_.of_type, value)
+    if isinstance(type_, GraphQLList):
+        items = value if isinstance(value, list) else [value]
+        return any(_bad_id(type_.of_type, item) for item in items)
+    if isinstance(type_, GraphQLInputObjectType):
+        if not isinstance(value, dict):
+            return False
+        return any(
+            name in value and _bad_id(field.type, value[name])
+            for name, field in type_.fields.items()
+        )
+    return type_ is GraphQLID and isinstance(value, str) and _has_lone_surrogate(value)
+
+
 class DocumentCache:
     def __init__(
         self,
@@ -475,4 +508,20 @@ class DocumentCache:
         )
         if isinstance(result, list):
             return {}, [coded(e, BAD_USER_INPUT) for e in result]
+        for definition in operation.variable_definitions or ():
+            name = definition.variable.name.value
+            type_ = type_from_ast(self._schema, definition.type)
+            if (
+                variables
+                and name in variables
+                and is_input_type(type_)
+                and _bad_id(type_, variables[name])
+            ):
+                return {}, [
+                    GraphQLError(
+                        f"Variable '${name}' has invalid value: an ID is text without "
+                        "unpaired surrogates.",
+                        extensions={"code": BAD_USER_INPUT},
+                    )
+                ]
         return result.coerced, []
