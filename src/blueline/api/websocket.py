@@ -289,6 +289,13 @@ class Session:
                 [responses.error("Too many operations on this socket", responses.RATE_LIMITED)],
             )
             return
+        limits = self.runner.runtime.api_key_limits
+        key_id = self.caller.api_key_id
+        # As over HTTP: an exhausted key is refused before its document is parsed, and
+        # every document parsed is paid for, refused or not.
+        if not limits.has_tokens(key_id):
+            await self._error(op_id, [_rate_limited()])
+            return
         variables = payload.get("variables")
         name = payload.get("operationName")
         if not isinstance(variables, dict | None) or not isinstance(name, str | None):
@@ -304,24 +311,18 @@ class Session:
             return
         prepared = self.runner.prepare(payload["query"], name, variables)
         if not isinstance(prepared, Operation):
-            record_operation(self.caller.api_key_id, name, "error")
+            limits.allow(key_id)
+            record_operation(key_id, name, "error")
             await self._error(op_id, prepared)
             return
         runtime = self.runner.runtime
         if not runtime.authenticator.still_active(self.caller):
             await self.close(CLOSE_FORBIDDEN, "Forbidden: this API key has been revoked")
             return
-        if not runtime.api_key_limits.allow(self.caller.api_key_id, prepared.cost):
-            await self._error(
-                op_id,
-                [
-                    responses.error(
-                        "Too many requests for this API key; slow down", responses.RATE_LIMITED
-                    )
-                ],
-            )
+        if not limits.allow(key_id, prepared.cost):
+            await self._error(op_id, [_rate_limited()])
             return
-        record_operation(self.caller.api_key_id, prepared.label, "ok")
+        record_operation(key_id, prepared.label, "ok")
         task = asyncio.get_running_loop().create_task(self._operate(op_id, prepared))
         self._operations[op_id] = task
         task.add_done_callback(functools.partial(self._done, op_id))
@@ -383,6 +384,10 @@ class Session:
                     )
                 ],
             )
+
+
+def _rate_limited() -> dict[str, Any]:
+    return responses.error("Too many requests for this API key; slow down", responses.RATE_LIMITED)
 
 
 def _origin_allowed(socket: WebSocket[Any, Any, Any], allowed: tuple[str, ...]) -> bool:
