@@ -131,11 +131,12 @@ def create_app(settings: Settings) -> Litestar:
     schema = build_schema(
         production=settings.is_production, max_query_chars=settings.graphql_max_body_bytes
     )
-    sockets = Sockets(settings)
     auth_failures = RateLimiter(
         settings.auth_failures_per_client_per_s,
         burst=max(settings.auth_failures_per_client_per_s * 2, 1),
     )
+    # One budget of bad keys per address, whichever transport guesses them.
+    sockets = Sockets(settings, auth_failures)
     authenticate = DefineMiddleware(
         ApiKeyAuthentication, failures=auth_failures, scopes={ScopeType.HTTP}
     )

@@ -5,7 +5,9 @@ the same rules on both.
   sockets beyond the per-process or per-address cap are closed at once with 1013.
 - ``connection_init`` must arrive within ``ws_init_timeout_s`` (else 4408) and only
   once (else 4429). Its payload carries the key as ``Authorization``, ``authorization``
-  or ``headers.Authorization``; a refused key closes with 4403 and says what to send.
+  or ``headers.Authorization``; a refused key closes with 4403 and says what to send,
+  and is charged to the address's budget for bad keys, shared with HTTP (once it is
+  spent, initialisations from there close with 1013 before any lookup).
 - Messages are bounded by the server (``ws_max_size``); operations per socket are
   bounded; each operation is charged to the key's rate limit.
 - A revoked key closes its sockets with 4403 wherever they are; shutdown closes with
@@ -29,10 +31,12 @@ from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
 from blueline.api import responses
+from blueline.api.auth import TOO_MANY_FAILURES
 from blueline.api.live import LiveEnd, Operation, Runner
 from blueline.domain import Caller
 from blueline.observability.metrics import record_operation
 from blueline.observability.request_id import current_request_id
+from blueline.rate_limit import RateLimiter
 from blueline.settings import Settings, normalize_origin
 
 logger = logging.getLogger("blueline.ws")
@@ -80,8 +84,9 @@ def key_from(payload: Any) -> str | None:
 class Sockets:
     """Every GraphQL socket of the process: caps, the ping ticker, revocation."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, auth_failures: RateLimiter | None = None) -> None:
         self._settings = settings
+        self.auth_failures = auth_failures
         self._sessions: set[Session] = set()
         self._per_client: dict[str, int] = {}
         self._ticker: asyncio.Task[None] | None = None
@@ -258,8 +263,14 @@ class Session:
         if self._initialised:
             await self.close(CLOSE_TOO_MANY_INITS, "Too many initialisation requests")
             return
+        failures = self.sockets.auth_failures
+        if failures is not None and not failures.has_tokens(self.client):
+            await self.close(CLOSE_TRY_AGAIN, TOO_MANY_FAILURES)
+            return
         caller = await self.runner.runtime.authenticator.authenticate(key_from(payload))
         if caller is None:
+            if failures is not None:
+                failures.allow(self.client)
             await self.close(CLOSE_FORBIDDEN, FORBIDDEN_REASON)
             return
         self.caller = caller
