@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 from litestar import Litestar, MediaType, Request, Response
 from litestar.config.cors import CORSConfig
@@ -50,6 +51,39 @@ def _sockets(state: State) -> Sockets:
     return sockets
 
 
+# Headers a proxy adds when it relays a request: one on this machine (a tunnel, a dev
+# proxy) makes every caller look local, but says so.
+_RELAYED = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-real-ip"})
+
+
+def _host_of(value: str) -> str | None:
+    try:
+        return urlsplit(f"//{value}").hostname
+    except ValueError:
+        return None
+
+
+def from_this_machine(scope: Scope, own_host: str | None) -> bool:
+    """Whether a request was made on this machine, directly, to this server's own name.
+
+    The peer address alone is not enough: a proxy on loopback relays anyone's request,
+    and a page elsewhere can rebind its DNS name to 127.0.0.1 and read the answers as its
+    own, but its name stays in ``Host``."""
+    client = scope.get("client")
+    if not client or not is_loopback_host(str(client[0])):
+        return False
+    host = None
+    for name, value in scope.get("headers", []):
+        if name in _RELAYED:
+            return False
+        if name == b"host":
+            host = value.decode("latin-1")
+    if host is None:
+        return True  # no browser sends a request without one
+    hostname = _host_of(host)
+    return hostname is not None and (is_loopback_host(hostname) or hostname == own_host)
+
+
 def embedded_provider_route(settings: Settings) -> tuple[Any, Litestar]:
     from blueline_sandbox import create_sandbox_app
 
@@ -57,13 +91,13 @@ def embedded_provider_route(settings: Settings) -> tuple[Any, Litestar]:
         settings.provider_api_key.get_secret_value(),
         auto_assign_after_s=settings.sandbox_auto_assign_after_s,
     )
+    own_host = urlsplit(settings.base_url()).hostname
 
     @asgi(EMBEDDED_PROVIDER_PATH, is_mount=True, copy_scope=True)
     async def embedded_provider(scope: Scope, receive: Receive, send: Send) -> None:
         # The simulator shows every subaccount's secrets to whoever asks: only to this
         # machine (serve also refuses to listen beyond loopback with it embedded).
-        client = scope.get("client")
-        if not client or not is_loopback_host(str(client[0])):
+        if not from_this_machine(scope, own_host):
             response = Response(b"", status_code=404)
             await response.to_asgi_response(app=None, request=Request(scope))(scope, receive, send)
             return
