@@ -120,9 +120,17 @@ def _too_many(request: Request[Any, Any, Any], exc: TooManyRequestsException) ->
     return failure(429, str(exc.detail), responses.RATE_LIMITED, headers={"Retry-After": "1"})
 
 
+# Framework refusals under /graphql, by status; any other is a bad request.
+_HTTP_CODES = {
+    404: "NOT_FOUND",
+    405: responses.METHOD_NOT_ALLOWED,
+    413: responses.PAYLOAD_TOO_LARGE,
+}
+
+
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     if _is_graphql(request):
-        code = responses.PAYLOAD_TOO_LARGE if exc.status_code == 413 else responses.BAD_REQUEST
+        code = _HTTP_CODES.get(exc.status_code, responses.BAD_REQUEST)
         return failure(exc.status_code, str(exc.detail), code)
     return Response(
         {"status_code": exc.status_code, "detail": exc.detail},
