@@ -6,7 +6,16 @@ from collections.abc import Awaitable, Callable
 
 from bench.context import RunContext
 from bench.report import ScenarioResult
-from bench.scenarios import fanout, latency, listing, peers, scale, webhook, webhook_timing
+from bench.scenarios import (
+    document_memory,
+    fanout,
+    latency,
+    listing,
+    peers,
+    scale,
+    webhook,
+    webhook_timing,
+)
 
 Scenario = Callable[[RunContext], Awaitable[ScenarioResult]]
 
@@ -18,4 +27,5 @@ SCENARIOS: dict[str, Scenario] = {
     "fanout": fanout.run,
     "scale": scale.run,
     "peers": peers.run,
+    "document-memory": document_memory.run,
 }
