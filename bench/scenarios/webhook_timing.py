@@ -13,6 +13,9 @@ Six kinds of delivery that all end in the same 401, on both PostgreSQL and SQLit
 
 They are interleaved in shuffled blocks, paced at a steady rate on one kept-alive
 connection, so drift of a shared machine falls on all of them alike and no queue forms.
+Besides the medians, each kind is compared with the reference sent in the same block
+(a fraction of a second apart): the median of those paired ratios is what load on a
+shared database or machine moves least.
 The setups are made through the API (the embedded sandbox provider gives each its own
 secret), so the rows are the ones Blueline writes. Rate limits are off.
 """
@@ -138,6 +141,8 @@ class Measured:
     summaries: dict[str, Summary]
     answers: dict[str, Response]
     statuses: dict[str, dict[int, int]]
+    # Per block, each kind's time over the reference's in that block.
+    paired: dict[str, list[float]]
 
     @property
     def identical(self) -> bool:
@@ -150,6 +155,14 @@ class Measured:
     def spread(self) -> float:
         reference = self.summaries[REFERENCE].p50
         return max(abs(s.p50 - reference) / reference for s in self.summaries.values())
+
+    def paired_difference(self, kind: str) -> float:
+        ratios = sorted(self.paired[kind])
+        return ratios[len(ratios) // 2] - 1.0 if ratios else float("nan")
+
+    @property
+    def paired_spread(self) -> float:
+        return max(abs(self.paired_difference(kind)) for kind in KINDS)
 
 
 async def measure(ctx: RunContext, kind: str, keyring: str) -> Measured:
@@ -172,30 +185,36 @@ async def measure(ctx: RunContext, kind: str, keyring: str) -> Measured:
         )
         async with running_servers([(f"api-{kind}", env, [])], ctx.log_dir) as [server]:
             setups = await real_setups(server.base_url, api_key, ctx.pick(40, 5))
-            schedule: list[tuple[str, bytes]] = []
+            schedule: list[tuple[int, str, bytes]] = []
             for i in range(warmup + per_kind):
-                block = [(k, delivery(k, setups[i % len(setups)], server.port)) for k in KINDS]
-                rng.shuffle(block)
-                schedule.extend(block)
+                batch = [(i, k, delivery(k, setups[i % len(setups)], server.port)) for k in KINDS]
+                rng.shuffle(batch)
+                schedule.extend(batch)
             ctx.say(f"{DATABASES[kind]}: {len(schedule)} deliveries at {rate:g}/s")
             samples: dict[str, list[int]] = {k: [] for k in KINDS}
+            blocks: dict[int, dict[str, int]] = {}
             answers: dict[str, Response] = {}
             statuses: dict[str, dict[int, int]] = {k: {} for k in KINDS}
             conn = Connection(server.port)
             loop = asyncio.get_running_loop()
             started = loop.time()
             try:
-                for index, (k, raw) in enumerate(schedule):
+                for index, (block, k, raw) in enumerate(schedule):
                     # Paced, not back to back: each request finds the server idle.
                     await asyncio.sleep(max(0.0, started + index / rate - loop.time()))
                     took, response = await timed(conn, raw)
                     statuses[k][response.status] = statuses[k].get(response.status, 0) + 1
                     answers.setdefault(k, response)
-                    if index >= warmup * len(KINDS):
+                    if block >= warmup:
                         samples[k].append(took)
+                        blocks.setdefault(block, {})[k] = took
             finally:
                 await conn.close()
-    return Measured({k: Summary.of_ns(samples[k]) for k in KINDS}, answers, statuses)
+    paired = {
+        k: [times[k] / times[REFERENCE] for times in blocks.values() if len(times) == len(KINDS)]
+        for k in KINDS
+    }
+    return Measured({k: Summary.of_ns(samples[k]) for k in KINDS}, answers, statuses, paired)
 
 
 async def run(ctx: RunContext) -> ScenarioResult:
@@ -236,6 +255,14 @@ async def run(ctx: RunContext) -> ScenarioResult:
             )
         )
         result.add(
+            Row(
+                f"{label}: max paired difference (median over blocks, vs the same block's "
+                "reference)",
+                measured.paired_spread,
+                "",
+            )
+        )
+        result.add(
             Row(f"{label}: rejections answered identically (1 = yes)", float(measured.identical))
         )
         if not measured.identical:
@@ -243,6 +270,9 @@ async def run(ctx: RunContext) -> ScenarioResult:
         sample = measured.answers[REFERENCE]
         details[label] = {
             "latency_ms": {name: s.as_dict() for name, s in measured.summaries.items()},
+            "paired_difference": {
+                name: round(measured.paired_difference(name), 4) for name in KINDS
+            },
             "statuses": {
                 name: {str(k): v for k, v in s.items()} for name, s in measured.statuses.items()
             },
