@@ -1173,3 +1173,35 @@ async def test_framework_refusals_under_graphql_carry_their_own_code(served: Ser
         assert response.status_code == status
         [error] = response.json()["errors"]
         assert error["extensions"] == {"code": code, "requestId": response.headers["x-request-id"]}
+
+
+async def test_multipart_subscriptions_count_against_the_same_caps(
+    database_url: str, sandbox_url: str, sandbox: httpx.AsyncClient
+) -> None:
+    """A subscription over multipart HTTP holds a connection open like a socket does,
+    so it is not a way around the caps on sockets."""
+    settings = abuse_settings(database_url, sandbox_url, ws_max_connections_per_client=2)
+    async with serving(settings) as served:
+        headers = {
+            "Authorization": f"Bearer {served.key}",
+            "Accept": "multipart/mixed;subscriptionSpec=1.0",
+        }
+        body = {"query": SUBSCRIPTION}
+        async with (
+            served.http.stream("POST", "/graphql", json=body, headers=headers) as first,
+            graphql_ws(served.url, served.key),
+        ):
+            assert first.status_code == 200
+            # Kept: an iterator left to the collector closes the stream.
+            chunks = first.aiter_raw()
+            await anext(chunks)  # the stream is running
+            async with served.http.stream(
+                "POST", "/graphql", json=body, headers=headers
+            ) as refused:
+                assert refused.status_code == 429
+                assert error_codes(json.loads(await refused.aread())) == ["RATE_LIMITED"]
+            code, reason = await socket_close(served.ws_url, TRANSPORT_WS, [init(served.key)])
+            assert (code, reason) == (1013, "Too many connections; try again later")
+        # Both ended: there is room again.
+        async with served.http.stream("POST", "/graphql", json=body, headers=headers) as again:
+            assert again.status_code == 200

@@ -24,6 +24,7 @@ from strawberry.http.streaming import MultipartSubscriptionTransport, merge_stre
 from blueline import graphiql
 from blueline.api import responses
 from blueline.api.live import LiveEnd, Operation, Runner
+from blueline.api.websocket import Sockets
 from blueline.domain import Caller
 from blueline.observability.metrics import record_operation
 from blueline.observability.request_id import current_request_id
@@ -104,7 +105,12 @@ def _caller(request: Request[Any, Any, Any]) -> Caller:
 
 
 async def _run(
-    request: Request[Any, Any, Any], runner: Runner, payload: GraphQLRequest, *, via_get: bool
+    request: Request[Any, Any, Any],
+    runner: Runner,
+    payload: GraphQLRequest,
+    *,
+    via_get: bool,
+    sockets: Sockets | None = None,
 ) -> Response[Any]:
     if not payload.query:
         return failure(400, "No GraphQL query found in the request", responses.BAD_REQUEST)
@@ -129,10 +135,23 @@ async def _run(
     ):
         limits.allow(caller.api_key_id)
         return failure(400, SUBSCRIBE_HOW, responses.SUBSCRIPTION_TRANSPORT)
+    client = request.client.host if request.client else "unknown"
+    if (
+        op.kind == OperationType.SUBSCRIPTION
+        and sockets is not None
+        and not sockets.has_room(client)
+    ):
+        return failure(
+            429,
+            "Too many connections; try again later",
+            responses.RATE_LIMITED,
+            headers={"Retry-After": "1"},
+        )
     if not limits.allow(caller.api_key_id, op.cost):
         return _rate_limited()
     if op.kind == OperationType.SUBSCRIPTION:
-        return _multipart(runner, op, caller)
+        assert sockets is not None  # POST, the only way in for a subscription
+        return _multipart(runner, op, caller, sockets, client)
     body, storage_down = await runner.execute(op, caller, current_request_id())
     record_operation(caller.api_key_id, op.label, "unavailable" if storage_down else "ok")
     if storage_down:
@@ -149,18 +168,21 @@ def _rate_limited() -> Response[bytes]:
     )
 
 
-def _multipart(runner: Runner, op: Operation, caller: Caller) -> Response[Any]:
+def _multipart(
+    runner: Runner, op: Operation, caller: Caller, sockets: Sockets, client: str
+) -> Response[Any]:
     request_id = current_request_id()
 
     async def parts() -> AsyncGenerator[str, None]:
-        try:
-            async for text in runner.subscribe(op, caller, request_id, "multipart"):
-                yield _MULTIPART.encode_next(_Raw(text), _raw_json)  # type: ignore[arg-type]
-        except LiveEnd as ended:
-            yield _MULTIPART.encode_multipart_data(
-                {"payload": {"errors": ended.errors}}, _json_text
-            )
-        yield _MULTIPART.encode_complete()
+        with sockets.streaming(client):
+            try:
+                async for text in runner.subscribe(op, caller, request_id, "multipart"):
+                    yield _MULTIPART.encode_next(_Raw(text), _raw_json)  # type: ignore[arg-type]
+            except LiveEnd as ended:
+                yield _MULTIPART.encode_multipart_data(
+                    {"payload": {"errors": ended.errors}}, _json_text
+                )
+            yield _MULTIPART.encode_complete()
 
     stream = merge_stream_with_heartbeat(
         parts,
@@ -200,7 +222,9 @@ def graphql_handlers(*, max_body_bytes: int, production: bool, middleware: list[
         status_code=200,
         middleware=middleware,
     )
-    async def graphql_post(request: Request[Any, Any, Any], runner: Runner) -> Response[Any]:
+    async def graphql_post(
+        request: Request[Any, Any, Any], runner: Runner, sockets: Sockets
+    ) -> Response[Any]:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in (responses.JSON, responses.GRAPHQL_RESPONSE_JSON):
             return failure(
@@ -218,7 +242,7 @@ def graphql_handlers(*, max_body_bytes: int, production: bool, middleware: list[
         payload = parse_request(body)
         if isinstance(payload, str):
             return failure(400, f"Not a GraphQL request: {payload}", responses.BAD_REQUEST)
-        return await _run(request, runner, payload, via_get=False)
+        return await _run(request, runner, payload, via_get=False, sockets=sockets)
 
     @get(GRAPHQL_PATH, middleware=middleware)
     async def graphql_get(request: Request[Any, Any, Any], runner: Runner) -> Response[Any]:

@@ -2,7 +2,8 @@
 the same rules on both.
 
 - The handshake is refused (403) for a page on an origin not in ``CORS_ORIGINS``;
-  sockets beyond the per-process or per-address cap are closed at once with 1013.
+  sockets beyond the per-process or per-address cap are closed at once with 1013
+  (multipart subscriptions over HTTP count against the same caps).
 - ``connection_init`` must arrive within ``ws_init_timeout_s`` (else 4408) and only
   once (else 4429). Its payload carries the key as ``Authorization``, ``authorization``
   or ``headers.Authorization``; a refused key closes with 4403 and says what to send,
@@ -23,7 +24,7 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from graphql import OperationType
@@ -82,28 +83,34 @@ def key_from(payload: Any) -> str | None:
 
 
 class Sockets:
-    """Every GraphQL socket of the process: caps, the ping ticker, revocation."""
+    """Every GraphQL socket of the process: caps, the ping ticker, revocation.
+
+    A subscription over multipart HTTP holds a connection open just as a socket does,
+    so it counts against the same caps (:meth:`has_room`, :meth:`streaming`)."""
 
     def __init__(self, settings: Settings, auth_failures: RateLimiter | None = None) -> None:
         self._settings = settings
         self.auth_failures = auth_failures
         self._sessions: set[Session] = set()
+        self._streams = 0
         self._per_client: dict[str, int] = {}
         self._ticker: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def admit(self, session: Session) -> bool:
+    def has_room(self, client: str) -> bool:
         s = self._settings
-        client = session.client
-        if (
-            len(self._sessions) >= s.ws_max_connections
-            or self._per_client.get(client, 0) >= s.ws_max_connections_per_client
-        ):
+        return (
+            len(self._sessions) + self._streams < s.ws_max_connections
+            and self._per_client.get(client, 0) < s.ws_max_connections_per_client
+        )
+
+    def admit(self, session: Session) -> bool:
+        if not self.has_room(session.client):
             return False
         self._sessions.add(session)
-        self._per_client[client] = self._per_client.get(client, 0) + 1
+        self._hold(session.client)
         if self._ticker is None:
             self._ticker = asyncio.get_running_loop().create_task(
                 self._ping_forever(), name="blueline-ws-pings"
@@ -114,11 +121,30 @@ class Sockets:
         if session not in self._sessions:
             return
         self._sessions.discard(session)
-        left = self._per_client.get(session.client, 1) - 1
+        self._release(session.client)
+
+    @contextlib.contextmanager
+    def streaming(self, client: str) -> Iterator[None]:
+        """Counts a multipart stream while it runs. Entered by the stream itself, so a
+        response that never starts holds nothing (the caller checks :meth:`has_room`
+        first; streams starting at the same moment may pass it together)."""
+        self._streams += 1
+        self._hold(client)
+        try:
+            yield
+        finally:
+            self._streams -= 1
+            self._release(client)
+
+    def _hold(self, client: str) -> None:
+        self._per_client[client] = self._per_client.get(client, 0) + 1
+
+    def _release(self, client: str) -> None:
+        left = self._per_client.get(client, 1) - 1
         if left:
-            self._per_client[session.client] = left
+            self._per_client[client] = left
         else:
-            self._per_client.pop(session.client, None)
+            self._per_client.pop(client, None)
 
     def revoked(self, key_id: str) -> None:
         for session in tuple(self._sessions):
