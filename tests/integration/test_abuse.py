@@ -416,9 +416,9 @@ def hostile_documents(n: int, size: int) -> Iterator[str]:
 
 
 def test_distinct_documents_at_the_cap_only_evict() -> None:
-    budget = 1024 * 1024
+    budget = 512 * 1024
     documents = DocumentCache(build_schema()._schema, production=False, max_bytes=budget)
-    texts = list(hostile_documents(40, 64 * 1024 - 200))
+    texts = list(hostile_documents(24, 64 * 1024 - 200))
     held = []
     for text in texts:
         documents.prepare(text)
@@ -431,7 +431,7 @@ def test_what_a_cached_document_holds_is_within_what_the_cache_counts() -> None:
     """Measured with tracemalloc, so the byte budget bounds memory whatever arrives (a
     located AST behind an error holds every token of its text)."""
     documents = DocumentCache(build_schema()._schema, production=False)
-    texts = list(hostile_documents(24, 16 * 1024))
+    texts = list(hostile_documents(16, 16 * 1024))
     gc.collect()
     tracemalloc.start()
     try:
