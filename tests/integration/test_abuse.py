@@ -14,6 +14,7 @@ import hmac
 import itertools
 import json
 import logging
+import re
 import secrets
 import socket
 import sys
@@ -1205,3 +1206,62 @@ async def test_multipart_subscriptions_count_against_the_same_caps(
         # Both ended: there is room again.
         async with served.http.stream("POST", "/graphql", json=body, headers=headers) as again:
             assert again.status_code == 200
+
+
+# -------------------------------------------------------------------------- /metrics
+
+
+def operation_labels(metrics_text: str) -> set[str]:
+    return set(re.findall(r'blueline_graphql_requests_total\{operation="([^"]*)"', metrics_text))
+
+
+@pytest.mark.parametrize(
+    "token",
+    [pytest.param(None, id="no token set"), pytest.param("metrics-token-1f3a", id="a token set")],
+)
+async def test_metrics_in_production_need_their_token_and_bound_each_keys_labels(
+    pg_url: str, sandbox_url: str, sandbox: httpx.AsyncClient, token: str | None
+) -> None:
+    # Metrics are the process's, whatever the database: one is enough.
+    settings = abuse_settings(
+        pg_url,
+        sandbox_url,
+        env="production",
+        metrics_token=token,
+        graphql_rate_per_key_per_s=0,
+    )
+    async with serving(settings) as served:
+        if token is None:
+            for headers in ({}, {"Authorization": "Bearer anything"}):
+                absent = await served.http.get("/metrics", headers=headers)
+                assert absent.status_code == 404
+                assert absent.content == b""
+            return
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": token}):
+            refused = await served.http.get("/metrics", headers=headers)
+            assert refused.status_code == 401
+            assert b"blueline_" not in refused.content
+
+        db = Database(settings.database_url.get_secret_value())
+        try:
+            other = await create_api_key(db, "clinic-b")
+        finally:
+            await db.dispose()
+        tag = secrets.token_hex(4)
+
+        async def run(key: str, name: str) -> None:
+            response = await served.graphql(f"query {name} {LIST}", key=key)
+            assert response.json() == {"data": {"imessageSetups": {"totalCount": 0}}}
+
+        # One key invents 500 operation names; another key runs its own afterwards.
+        for start in range(0, 500, 50):
+            await asyncio.gather(
+                *(run(served.key, f"Invented{tag}n{n}") for n in range(start, start + 50))
+            )
+        await run(other, f"ListSetups{tag}")
+        metrics = await served.http.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+    assert metrics.status_code == 200
+    labels = operation_labels(metrics.text)
+    assert f'operation="ListSetups{tag}",outcome="ok"' in metrics.text
+    assert 0 < len({label for label in labels if label.startswith(f"Invented{tag}")}) <= 20
+    assert "other" in labels
