@@ -11,12 +11,12 @@ Six kinds of delivery that all end in the same 401, on both PostgreSQL and SQLit
   reference every other kind is compared with);
 - ``real setup, stale timestamp``: a real setup, correctly signed, ten minutes old.
 
-They are interleaved in shuffled blocks, paced at a steady rate on one kept-alive
-connection, so drift of a shared machine falls on all of them alike and no queue forms.
-Besides the medians, each kind is compared with the reference sent in the same block
-(a fraction of a second apart): the median of those paired ratios is what load on a
-shared database or machine moves least.
-The setups are made through the API (the embedded sandbox provider gives each its own
+They are interleaved in blocks of one of each (every kind in every place of a block
+equally often), paced at a steady rate on one kept-alive connection, so drift of a
+shared machine falls on all of them alike and no queue forms. Besides the medians, each
+kind is compared with the reference sent in the same block (a fraction of a second
+apart): the median of those paired ratios is what load on a shared database or machine
+moves least. The setups are made through the API (the embedded sandbox provider gives each its own
 secret), so the rows are the ones Blueline writes. Rate limits are off.
 """
 
@@ -166,8 +166,9 @@ class Measured:
 
 
 async def measure(ctx: RunContext, kind: str, keyring: str) -> Measured:
-    per_kind = ctx.pick(300, 20)
-    warmup = ctx.pick(20, 3)
+    # Whole runs of six blocks, so every kind takes every place equally often.
+    per_kind = ctx.pick(300, 18)
+    warmup = ctx.pick(24, 6)
     rate = ctx.pick(20.0, 200.0)
     rng = random.Random(20_260_101)
     async with database_url(kind) as url:
@@ -186,9 +187,17 @@ async def measure(ctx: RunContext, kind: str, keyring: str) -> Measured:
         async with running_servers([(f"api-{kind}", env, [])], ctx.log_dir) as [server]:
             setups = await real_setups(server.base_url, api_key, ctx.pick(40, 5))
             schedule: list[tuple[int, str, bytes]] = []
+            order = list(KINDS)
             for i in range(warmup + per_kind):
-                batch = [(i, k, delivery(k, setups[i % len(setups)], server.port)) for k in KINDS]
-                rng.shuffle(batch)
+                # Each run of six blocks rotates one shuffled order, so every kind takes
+                # every place in a block (and follows different kinds) equally often.
+                if i % len(KINDS) == 0:
+                    rng.shuffle(order)
+                turn = i % len(KINDS)
+                batch = [
+                    (i, k, delivery(k, setups[i % len(setups)], server.port))
+                    for k in order[turn:] + order[:turn]
+                ]
                 schedule.extend(batch)
             ctx.say(f"{DATABASES[kind]}: {len(schedule)} deliveries at {rate:g}/s")
             samples: dict[str, list[int]] = {k: [] for k in KINDS}
@@ -223,8 +232,8 @@ async def run(ctx: RunContext) -> ScenarioResult:
         ctx.smoke,
         DESCRIPTION,
         config={
-            "requests_per_kind": ctx.pick(300, 20),
-            "warmup_blocks": ctx.pick(20, 3),
+            "requests_per_kind": ctx.pick(300, 18),
+            "warmup_blocks": ctx.pick(24, 6),
             "rate_per_s": ctx.pick(20.0, 200.0),
             "setups": ctx.pick(40, 5),
             "databases": list(DATABASES.values()),
