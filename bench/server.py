@@ -15,7 +15,7 @@ all under ``/bench/``:
   ``imessageSetups(first: 50) { edges { node { … } } }`` query answers;
 - ``GET /bench/ws-idle``: a bare WebSocket that stays open (memory baseline);
 - ``GET /bench/stats``: SQL statements and requests per route, the hub's subscriber
-  count, this process's id and RSS.
+  count, the document cache's entries and estimated bytes, this process's id and RSS.
 
 SQL statements are counted with a ``before_cursor_execute`` listener (SQLAlchemy) and
 the persistence layer's statement observer (prebuilt statements on raw connections),
@@ -162,9 +162,11 @@ def baseline_routes(secret: str) -> list[Any]:
     @get("/bench/stats", include_in_schema=False)
     async def stats(request: Request[Any, Any, Any]) -> dict[str, Any]:
         runtime = _runtime(request)
+        documents = request.app.state["runner"].documents
         return {
             "pid": os.getpid(),
             "rss_kib": rss_kib(os.getpid()),
+            "documents": {"entries": len(documents), "held_bytes": documents.held_bytes},
             "subscribers": runtime.bus.hub.subscriber_count,
             "statements": dict(statements),
             "checkouts": dict(checkouts),

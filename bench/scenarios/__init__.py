@@ -6,7 +6,17 @@ from collections.abc import Awaitable, Callable
 
 from bench.context import RunContext
 from bench.report import ScenarioResult
-from bench.scenarios import create, fanout, latency, listing, peers, scale, webhook, webhook_timing
+from bench.scenarios import (
+    create,
+    document_memory,
+    fanout,
+    latency,
+    listing,
+    peers,
+    scale,
+    webhook,
+    webhook_timing,
+)
 
 Scenario = Callable[[RunContext], Awaitable[ScenarioResult]]
 
@@ -19,4 +29,5 @@ SCENARIOS: dict[str, Scenario] = {
     "scale": scale.run,
     "create": create.run,
     "peers": peers.run,
+    "document-memory": document_memory.run,
 }

@@ -9,6 +9,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvicorn
 from litestar import Litestar, MediaType, Request, Response
@@ -47,6 +48,39 @@ def _runner(state: State) -> Runner:
     return runner
 
 
+# Headers a proxy adds when it relays a request: one on this machine (a tunnel, a dev
+# proxy) makes every caller look local, but says so.
+_RELAYED = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-real-ip"})
+
+
+def _host_of(value: str) -> str | None:
+    try:
+        return urlsplit(f"//{value}").hostname
+    except ValueError:
+        return None
+
+
+def from_this_machine(scope: Scope, own_host: str | None) -> bool:
+    """Whether a request was made on this machine, directly, to this server's own name.
+
+    The peer address alone is not enough: a proxy on loopback relays anyone's request,
+    and a page elsewhere can rebind its DNS name to 127.0.0.1 and read the answers as its
+    own, but its name stays in ``Host``."""
+    client = scope.get("client")
+    if not client or not is_loopback_host(str(client[0])):
+        return False
+    host = None
+    for name, value in scope.get("headers", []):
+        if name in _RELAYED:
+            return False
+        if name == b"host":
+            host = value.decode("latin-1")
+    if host is None:
+        return True  # no browser sends a request without one
+    hostname = _host_of(host)
+    return hostname is not None and (is_loopback_host(hostname) or hostname == own_host)
+
+
 def embedded_provider_route(settings: Settings) -> tuple[Any, Litestar]:
     from blueline_sandbox import create_sandbox_app
 
@@ -54,13 +88,13 @@ def embedded_provider_route(settings: Settings) -> tuple[Any, Litestar]:
         settings.provider_api_key.get_secret_value(),
         auto_assign_after_s=settings.sandbox_auto_assign_after_s,
     )
+    own_host = urlsplit(settings.base_url()).hostname
 
     @asgi(EMBEDDED_PROVIDER_PATH, is_mount=True, copy_scope=True)
     async def embedded_provider(scope: Scope, receive: Receive, send: Send) -> None:
         # The simulator shows every subaccount's secrets to whoever asks: only to this
         # machine (serve also refuses to listen beyond loopback with it embedded).
-        client = scope.get("client")
-        if not client or not is_loopback_host(str(client[0])):
+        if not from_this_machine(scope, own_host):
             response = Response(b"", status_code=404)
             await response.to_asgi_response(app=None, request=Request(scope))(scope, receive, send)
             return
@@ -83,9 +117,17 @@ def _too_many(request: Request[Any, Any, Any], exc: TooManyRequestsException) ->
     return failure(429, str(exc.detail), responses.RATE_LIMITED, headers={"Retry-After": "1"})
 
 
+# Framework refusals under /graphql, by status; any other is a bad request.
+_HTTP_CODES = {
+    404: "NOT_FOUND",
+    405: responses.METHOD_NOT_ALLOWED,
+    413: responses.PAYLOAD_TOO_LARGE,
+}
+
+
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     if _is_graphql(request):
-        code = responses.PAYLOAD_TOO_LARGE if exc.status_code == 413 else responses.BAD_REQUEST
+        code = _HTTP_CODES.get(exc.status_code, responses.BAD_REQUEST)
         return failure(exc.status_code, str(exc.detail), code)
     return Response(
         {"status_code": exc.status_code, "detail": exc.detail},
@@ -128,11 +170,12 @@ def create_app(settings: Settings) -> Litestar:
     schema = build_schema(
         production=settings.is_production, max_query_chars=settings.graphql_max_body_bytes
     )
-    sockets = Sockets(settings)
     auth_failures = RateLimiter(
         settings.auth_failures_per_client_per_s,
         burst=max(settings.auth_failures_per_client_per_s * 2, 1),
     )
+    # One budget of bad keys per address, whichever transport guesses them.
+    sockets = Sockets(settings, auth_failures)
     authenticate = DefineMiddleware(
         ApiKeyAuthentication, failures=auth_failures, scopes={ScopeType.HTTP}
     )

@@ -8,17 +8,23 @@ Every document a client sends, over HTTP or WebSocket, goes through
    walk that memoises each fragment, so the work is linear in the document's size:
    a fragment used twice by each of 39 nested fragments expands to 2^39 fields and is
    refused in microseconds rather than walked for minutes;
-3. only then does graphql-core validate it (without suggestions in production).
+3. the same field selected many times in one place (through fragments and inline
+   fragments) is bounded too: graphql-core's check that such fields can be merged
+   compares them in pairs, so 300 copies of one field cost it a third of a second;
+4. only then does graphql-core validate it (without suggestions in production).
 
 Results are cached by the SHA-256 of the text, never by the text itself, and the cache
 is bounded by an estimate of the memory it holds, so a flood of distinct documents only
 evicts. Cached documents are parsed without locations (a located AST keeps its whole
-source alive); an invalid document is parsed again with locations to word its errors.
+source alive); an invalid document is parsed again with locations to word its errors,
+and only the worded errors are kept (messages and line/column pairs, no nodes, no
+source), so what an entry holds is what its estimate counts.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,13 +36,22 @@ from graphql import (
     FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLError,
+    GraphQLID,
+    GraphQLInputObjectType,
+    GraphQLInputType,
+    GraphQLList,
+    GraphQLNonNull,
     GraphQLSchema,
     InlineFragmentNode,
+    Node,
     OperationDefinitionNode,
     OperationType,
     SelectionSetNode,
+    SourceLocation,
+    is_input_type,
     parse,
     specified_rules,
+    type_from_ast,
     validate,
 )
 from graphql.execution.values import get_variable_values
@@ -51,6 +66,9 @@ MAX_INTROSPECTION_DEPTH = 16
 MAX_ALIASES = 30
 MAX_FIELDS = 1000
 MAX_MUTATION_FIELDS = 10
+# Fields under one response key in one place, fragments expanded (a colocated `id` in
+# each of a dozen fragments is ordinary; graphql-core compares them in pairs).
+MAX_REPEATED_FIELD = 20
 MAX_VALIDATION_ERRORS = 20
 
 # Error codes a client can branch on (``extensions.code``).
@@ -59,8 +77,15 @@ VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
 BAD_USER_INPUT = "BAD_USER_INPUT"
 
 _INTROSPECTION_ROOTS = frozenset({"__schema", "__type"})
-# Rough bytes of memory per AST node of a location-free document, for the cache budget.
+# Memory an entry holds, for the cache budget, measured with tracemalloc on hostile
+# documents: per AST node of a location-free document, per kept error (its locations,
+# extensions, the object) beside its message, and per entry (the Prepared, its dicts and
+# its plans, the cache's slot).
 _BYTES_PER_NODE = 400
+_BYTES_PER_ERROR = 1024
+_BYTES_PER_ENTRY = 16 * 1024
+# Plans kept per document (per operation name and @skip/@include values).
+_MAX_PLANS = 32
 
 
 def coded(error: GraphQLError, code: str) -> GraphQLError:
@@ -77,6 +102,38 @@ def coded(error: GraphQLError, code: str) -> GraphQLError:
     )
 
 
+@dataclass(frozen=True)
+class Failure:
+    """An error as the client sees it, detached from the document: a GraphQLError holds
+    the nodes it is about, and through them (located) every token and the whole text."""
+
+    message: str
+    locations: tuple[tuple[int, int], ...] | None
+    extensions: dict[str, Any]
+
+    @classmethod
+    def of(cls, error: GraphQLError, code: str) -> Failure:
+        extensions = dict(error.extensions or {})
+        extensions.setdefault("code", code)
+        locations = (
+            None
+            if error.locations is None
+            else tuple((loc.line, loc.column) for loc in error.locations)
+        )
+        return cls(error.message, locations, extensions)
+
+    def error(self) -> GraphQLError:
+        # A fresh error each time: one that is raised carries the raising frames along.
+        error = GraphQLError(self.message, extensions=dict(self.extensions))
+        if self.locations is not None:
+            error.locations = [SourceLocation(line, column) for line, column in self.locations]
+        return error
+
+    @property
+    def estimated_bytes(self) -> int:
+        return sys.getsizeof(self.message) + _BYTES_PER_ERROR
+
+
 # ------------------------------------------------------------------------------ cost
 
 
@@ -87,6 +144,8 @@ class Cost:
     depth: int = 0
     introspection_depth: int = 0
     root_fields: int = 0
+    # Every selection once fragments are expanded (fields, spreads, inline fragments).
+    expanded: int = 0
 
 
 class CostWalker:
@@ -102,13 +161,15 @@ class CostWalker:
     def selection_set(self, node: SelectionSetNode | None) -> Cost:
         if node is None:
             return Cost()
-        fields = aliases = depth = intro = roots = 0
+        fields = aliases = depth = intro = roots = expanded = 0
         for selection in node.selections:
             self.visited += 1
+            expanded += 1
             if isinstance(selection, FieldNode):
                 child = self.selection_set(selection.selection_set)
                 fields += 1 + child.fields
                 aliases += (1 if selection.alias else 0) + child.aliases
+                expanded += child.expanded
                 roots += 1
                 if selection.name.value in _INTROSPECTION_ROOTS:
                     intro = max(intro, 1 + max(child.depth, child.introspection_depth))
@@ -127,7 +188,8 @@ class CostWalker:
             depth = max(depth, inner.depth)
             intro = max(intro, inner.introspection_depth)
             roots += inner.root_fields
-        return Cost(fields, aliases, depth, intro, roots)
+            expanded += inner.expanded
+        return Cost(fields, aliases, depth, intro, roots, expanded)
 
     def _fragment(self, name: str) -> Cost:
         known = self._memo.get(name)
@@ -142,13 +204,61 @@ class CostWalker:
         self._memo[name] = cost
         return cost
 
+    def most_repeated(self, node: SelectionSetNode, budget: int) -> tuple[int, str]:
+        """The largest number of fields under one response key in one place, and that
+        key, with fragments expanded and fields of the same key merged as the response
+        merges them (a fragment spread twice in one place counts once, as graphql-core
+        compares it once). It walks the expansion: ``budget`` is its size as
+        :meth:`selection_set` measured it, and a walk that goes past it has met a cycle
+        through a field (validation reports those)."""
+        worst = (0, "")
+        pending: list[list[SelectionSetNode]] = [[node]]
+        left = [budget]
+        while pending and left[0] >= 0:
+            by_key: dict[str, list[SelectionSetNode]] = {}
+            counts: dict[str, int] = {}
+            expanded: set[str] = set()
+            for selection_set in pending.pop():
+                self._gather(selection_set, by_key, counts, expanded, left)
+            for key, count in counts.items():
+                if count > worst[0]:
+                    worst = (count, key)
+            pending.extend(children for children in by_key.values() if children)
+        return worst
+
+    def _gather(
+        self,
+        node: SelectionSetNode,
+        by_key: dict[str, list[SelectionSetNode]],
+        counts: dict[str, int],
+        expanded: set[str],
+        left: list[int],
+    ) -> None:
+        for selection in node.selections:
+            left[0] -= 1
+            if isinstance(selection, FieldNode):
+                key = (selection.alias or selection.name).value
+                counts[key] = counts.get(key, 0) + 1
+                children = by_key.setdefault(key, [])
+                if selection.selection_set is not None:
+                    children.append(selection.selection_set)
+            elif isinstance(selection, InlineFragmentNode):
+                self._gather(selection.selection_set, by_key, counts, expanded, left)
+            elif isinstance(selection, FragmentSpreadNode):
+                name = selection.name.value
+                definition = self._fragments.get(name)
+                if definition is None or name in expanded:
+                    continue  # unknown (validation reports it), cyclic or already counted
+                expanded.add(name)
+                self._gather(definition.selection_set, by_key, counts, expanded, left)
+
 
 def _cost_errors(
     document: DocumentNode,
-) -> tuple[list[GraphQLError], int, int, dict[str | None, int]]:
-    """Errors for operations over a bound; the selections visited and the nodes held
-    (for the cache's memory estimate); each operation's root fields, fragments
-    expanded (a mutation request is charged one rate-limit token per field)."""
+) -> tuple[list[GraphQLError], int, dict[str | None, int]]:
+    """Errors for operations over a bound; the selections visited; each operation's
+    root fields, fragments expanded (a mutation request is charged one rate-limit token
+    per field)."""
     fragments = {
         d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
     }
@@ -182,6 +292,13 @@ def _cost_errors(
             problems.append(
                 f"it runs {cost.root_fields} mutations (at most {MAX_MUTATION_FIELDS} per request)"
             )
+        if not problems and cost.expanded <= 2 * MAX_FIELDS:
+            repeats, key = walker.most_repeated(definition.selection_set, cost.expanded)
+            if repeats > MAX_REPEATED_FIELD:
+                problems.append(
+                    f"it selects '{key[:64]}' {repeats} times in one place once fragments "
+                    f"are expanded (at most {MAX_REPEATED_FIELD})"
+                )
         if problems:
             name = definition.name.value if definition.name else "anonymous"
             errors.append(
@@ -190,28 +307,42 @@ def _cost_errors(
                     extensions={"code": VALIDATION_FAILED},
                 )
             )
-    return errors, walker.visited, walker.visited + len(fragments), roots
+    return errors, walker.visited, roots
 
 
 # ----------------------------------------------------------------------- documents
 
 
+class Plans(dict[Any, Any]):
+    """A document's plans, at most ``_MAX_PLANS`` (the oldest goes first): each variant
+    of ``@skip``/``@include`` values and each operation name can add one."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if key not in self and len(self) >= _MAX_PLANS:
+            del self[next(iter(self))]
+        super().__setitem__(key, value)
+
+
 @dataclass
 class Prepared:
-    """A parsed document and its verdict. ``errors`` empty means valid."""
+    """A parsed document and its verdict. No ``failures`` means valid."""
 
     digest: bytes
     document: DocumentNode | None
-    errors: list[GraphQLError]
+    failures: tuple[Failure, ...]
     estimated_bytes: int
     visited: int = 0
     root_fields: dict[str | None, int] = field(default_factory=dict)
     # Filled by the planner, per operation name (and skip/include values).
-    plans: dict[Any, Any] = field(default_factory=dict)
+    plans: Plans = field(default_factory=Plans)
+
+    @property
+    def errors(self) -> list[GraphQLError]:
+        return [failure.error() for failure in self.failures]
 
     @property
     def valid(self) -> bool:
-        return not self.errors and self.document is not None
+        return not self.failures and self.document is not None
 
     def operation(self, name: str | None) -> OperationDefinitionNode | None:
         """The operation to run, as graphql-core picks it (None when ambiguous/unknown)."""
@@ -230,6 +361,52 @@ class Prepared:
 
 def digest_of(query: str) -> bytes:
     return hashlib.sha256(query.encode("utf-8", "surrogatepass")).digest()
+
+
+def _node_count(document: DocumentNode) -> int:
+    """Every node of the AST (names, arguments, values and directives too)."""
+    count = 0
+    pending: list[Any] = [document]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, Node):
+            count += 1
+            pending.extend(getattr(item, key) for key in item.keys if key != "loc")
+        elif isinstance(item, tuple | list):
+            pending.extend(item)
+    return count
+
+
+def _failed(digest: bytes, errors: Sequence[GraphQLError], code: str, visited: int = 0) -> Prepared:
+    failures = tuple(Failure.of(e, code) for e in errors)
+    estimate = _BYTES_PER_ENTRY + sum(f.estimated_bytes for f in failures)
+    return Prepared(digest, None, failures, estimate, visited)
+
+
+def _has_lone_surrogate(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _bad_id(type_: GraphQLInputType, value: Any) -> bool:
+    """Whether an ID in ``value`` (a variable's JSON, already coerced without errors)
+    holds an unpaired surrogate, which no database can store."""
+    if isinstance(type_, GraphQLNonNull):
+        return _bad_id(type_.of_type, value)
+    if isinstance(type_, GraphQLList):
+        items = value if isinstance(value, list) else [value]
+        return any(_bad_id(type_.of_type, item) for item in items)
+    if isinstance(type_, GraphQLInputObjectType):
+        if not isinstance(value, dict):
+            return False
+        return any(
+            name in value and _bad_id(field.type, value[name])
+            for name, field in type_.fields.items()
+        )
+    return type_ is GraphQLID and isinstance(value, str) and _has_lone_surrogate(value)
 
 
 class DocumentCache:
@@ -282,26 +459,22 @@ class DocumentCache:
         )
 
     def _prepare(self, query: str, digest: bytes) -> Prepared:
-        estimate = len(query)
         try:
             document = self._parse(query, located=False)
-        except GraphQLError:
-            try:
-                self._parse(query, located=True)
-            except GraphQLError as located_error:
-                return Prepared(digest, None, [coded(located_error, PARSE_FAILED)], estimate)
-            raise  # pragma: no cover - both parses see the same text
-        errors, visited, nodes, roots = _cost_errors(document)
-        estimate += nodes * _BYTES_PER_NODE
+        except GraphQLError as error:
+            # A syntax error is located by its position in the text, parsed or not.
+            return _failed(digest, [error], PARSE_FAILED)
+        errors, visited, roots = _cost_errors(document)
         if errors:
-            return Prepared(digest, None, errors, estimate, visited)
+            return _failed(digest, errors, VALIDATION_FAILED, visited)
         errors = self._validate(document)
         if errors:
             # Word the errors with their positions in the text.
             located = self._parse(query, located=True)
-            errors = [coded(e, VALIDATION_FAILED) for e in self._validate(located)]
-            return Prepared(digest, None, errors, estimate, visited)
-        return Prepared(digest, document, [], estimate, visited, roots)
+            return _failed(digest, self._validate(located), VALIDATION_FAILED, visited)
+        # The values a location-free AST keeps (names, literals) are slices of the text.
+        estimate = _BYTES_PER_ENTRY + sys.getsizeof(query) + _node_count(document) * _BYTES_PER_NODE
+        return Prepared(digest, document, (), estimate, visited, roots)
 
     def _validate(self, document: DocumentNode) -> list[GraphQLError]:
         return validate(
@@ -335,4 +508,20 @@ class DocumentCache:
         )
         if isinstance(result, list):
             return {}, [coded(e, BAD_USER_INPUT) for e in result]
+        for definition in operation.variable_definitions or ():
+            name = definition.variable.name.value
+            type_ = type_from_ast(self._schema, definition.type)
+            if (
+                variables
+                and name in variables
+                and is_input_type(type_)
+                and _bad_id(type_, variables[name])
+            ):
+                return {}, [
+                    GraphQLError(
+                        f"Variable '${name}' has invalid value: an ID is text without "
+                        "unpaired surrogates.",
+                        extensions={"code": BAD_USER_INPUT},
+                    )
+                ]
         return result.coerced, []

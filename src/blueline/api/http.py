@@ -160,26 +160,29 @@ async def _run(
 ) -> Response[Any]:
     if not payload.query:
         return failure(400, "No GraphQL query found in the request", responses.BAD_REQUEST)
-    prepared = runner.prepare(payload.query, payload.operation_name, payload.variables)
     caller = _caller(request)
+    limits = runner.runtime.api_key_limits
+    # Parsing and validating a new document is the costliest thing a request can make
+    # us do before anything runs, so an exhausted key is refused before it, and every
+    # document parsed is paid for, refused or not.
+    if not limits.has_tokens(caller.api_key_id):
+        return _rate_limited()
+    prepared = runner.prepare(payload.query, payload.operation_name, payload.variables)
     if not isinstance(prepared, Operation):
+        limits.allow(caller.api_key_id)
         record_operation(caller.api_key_id, payload.operation_name, "error")
         return _json(responses.encode({"errors": prepared}))
     op = prepared
     if via_get and op.kind != OperationType.QUERY:
+        limits.allow(caller.api_key_id)
         return failure(405, "Only queries may be sent with GET", responses.METHOD_NOT_ALLOWED)
     if op.kind == OperationType.SUBSCRIPTION and not accepts_multipart_subscription(
         request.headers.get("accept", "")
     ):
+        limits.allow(caller.api_key_id)
         return failure(400, SUBSCRIBE_HOW, responses.SUBSCRIPTION_TRANSPORT)
-    runtime = runner.runtime
-    if not runtime.api_key_limits.allow(caller.api_key_id, op.cost):
-        return failure(
-            429,
-            "Too many requests for this API key; slow down",
-            responses.RATE_LIMITED,
-            headers={"Retry-After": "1"},
-        )
+    if not limits.allow(caller.api_key_id, op.cost):
+        return _rate_limited()
     if op.kind == OperationType.SUBSCRIPTION:
         assert sockets is not None  # only POST reaches here with a subscription
         slot = _StreamSlot(client_address(request), caller)
@@ -196,6 +199,15 @@ async def _run(
     if storage_down:
         return unavailable()
     return _json(body)
+
+
+def _rate_limited() -> Response[bytes]:
+    return failure(
+        429,
+        "Too many requests for this API key; slow down",
+        responses.RATE_LIMITED,
+        headers={"Retry-After": "1"},
+    )
 
 
 class _StreamSlot:

@@ -2,10 +2,13 @@
 the same rules on both.
 
 - The handshake is refused (403) for a page on an origin not in ``CORS_ORIGINS``;
-  sockets beyond the per-process or per-address cap are closed at once with 1013.
+  sockets beyond the per-process or per-address cap are closed at once with 1013
+  (multipart subscriptions over HTTP count against the same caps).
 - ``connection_init`` must arrive within ``ws_init_timeout_s`` (else 4408) and only
   once (else 4429). Its payload carries the key as ``Authorization``, ``authorization``
-  or ``headers.Authorization``; a refused key closes with 4403 and says what to send.
+  or ``headers.Authorization``; a refused key closes with 4403 and says what to send,
+  and is charged to the address's budget for bad keys, shared with HTTP (once it is
+  spent, initialisations from there close with 1013 before any lookup).
 - Messages are bounded by the server (``ws_max_size``); operations per socket are
   bounded; each operation is charged to the key's rate limit.
 - A revoked key closes its sockets with 4403 wherever they are; shutdown closes with
@@ -29,10 +32,12 @@ from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
 from blueline.api import responses
+from blueline.api.auth import TOO_MANY_FAILURES
 from blueline.api.live import LiveEnd, Operation, Runner
 from blueline.domain import Caller
 from blueline.observability.metrics import record_operation
 from blueline.observability.request_id import current_request_id
+from blueline.rate_limit import RateLimiter
 from blueline.settings import Settings, normalize_origin
 
 logger = logging.getLogger("blueline.ws")
@@ -95,8 +100,10 @@ class Sockets:
     """Every GraphQL socket and multipart stream of the process: caps, the ping ticker,
     revocation. Both count toward the same caps, so neither is a way around them."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, auth_failures: RateLimiter | None = None) -> None:
         self._settings = settings
+        # Bad keys at connection_init spend the same per-address budget as over HTTP.
+        self.auth_failures = auth_failures
         self._sessions: set[Live] = set()
         self._per_client: dict[str, int] = {}
         self._ticker: asyncio.Task[None] | None = None
@@ -273,8 +280,14 @@ class Session:
         if self._initialised:
             await self.close(CLOSE_TOO_MANY_INITS, "Too many initialisation requests")
             return
+        failures = self.sockets.auth_failures
+        if failures is not None and not failures.has_tokens(self.client):
+            await self.close(CLOSE_TRY_AGAIN, TOO_MANY_FAILURES)
+            return
         caller = await self.runner.runtime.authenticator.authenticate(key_from(payload))
         if caller is None:
+            if failures is not None:
+                failures.allow(self.client)
             await self.close(CLOSE_FORBIDDEN, FORBIDDEN_REASON)
             return
         self.caller = caller
@@ -304,6 +317,13 @@ class Session:
                 [responses.error("Too many operations on this socket", responses.RATE_LIMITED)],
             )
             return
+        limits = self.runner.runtime.api_key_limits
+        key_id = self.caller.api_key_id
+        # As over HTTP: an exhausted key is refused before its document is parsed, and
+        # every document parsed is paid for, refused or not.
+        if not limits.has_tokens(key_id):
+            await self._error(op_id, [_rate_limited()])
+            return
         variables = payload.get("variables")
         name = payload.get("operationName")
         if not isinstance(variables, dict | None) or not isinstance(name, str | None):
@@ -319,24 +339,18 @@ class Session:
             return
         prepared = self.runner.prepare(payload["query"], name, variables)
         if not isinstance(prepared, Operation):
-            record_operation(self.caller.api_key_id, name, "error")
+            limits.allow(key_id)
+            record_operation(key_id, name, "error")
             await self._error(op_id, prepared)
             return
         runtime = self.runner.runtime
         if not runtime.authenticator.still_active(self.caller):
             await self.close(CLOSE_FORBIDDEN, "Forbidden: this API key has been revoked")
             return
-        if not runtime.api_key_limits.allow(self.caller.api_key_id, prepared.cost):
-            await self._error(
-                op_id,
-                [
-                    responses.error(
-                        "Too many requests for this API key; slow down", responses.RATE_LIMITED
-                    )
-                ],
-            )
+        if not limits.allow(key_id, prepared.cost):
+            await self._error(op_id, [_rate_limited()])
             return
-        record_operation(self.caller.api_key_id, prepared.label, "ok")
+        record_operation(key_id, prepared.label, "ok")
         task = asyncio.get_running_loop().create_task(self._operate(op_id, prepared))
         self._operations[op_id] = task
         task.add_done_callback(functools.partial(self._done, op_id))
@@ -398,6 +412,10 @@ class Session:
                     )
                 ],
             )
+
+
+def _rate_limited() -> dict[str, Any]:
+    return responses.error("Too many requests for this API key; slow down", responses.RATE_LIMITED)
 
 
 def _origin_allowed(socket: WebSocket[Any, Any, Any], allowed: tuple[str, ...]) -> bool:

@@ -8,8 +8,11 @@ A name is what an operator reads on a screen, so it must show what it is:
   (categories Cc, Cf, Cs, Co, Cn), no line or paragraph separator (Zl, Zp) and no
   noncharacter, so nothing invisible can reorder, hide or fake what is shown (bidi
   marks, soft hyphens, tag characters, U+FFFE…);
+- nor the marks that only ever render as nothing (U+034F, and Khmer's deprecated
+  U+17B4/U+17B5): "Acme" U+034F "Dental" would show as a name it is not;
 - the two joiners (U+200C, U+200D) are the exception, only between two visible
-  characters: emoji sequences and scripts such as Persian need them;
+  characters (marks such as a variation selector may come between the first and the
+  joiner): emoji sequences and scripts such as Persian need them;
 - it has at least one visible character (not just fillers such as U+3164 or U+2800).
 """
 
@@ -25,6 +28,7 @@ MAX_IDEMPOTENCY_KEY = 255
 
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _JOINERS = frozenset("\u200c\u200d")
+_EMPTY_MARKS = frozenset("\u034f\u17b4\u17b5")
 # Graphic characters that render as nothing.
 _BLANK = frozenset("\u115f\u1160\u3164\uffa0\u2800\u180e\u17b4\u17b5\u034f\u2061\u2062\u2063\u2064")
 _UNSEEN_CATEGORIES = frozenset({"Zs", "Mn", "Me", "Cf"})
@@ -39,22 +43,29 @@ def _visible(ch: str) -> bool:
     return ch not in _BLANK and unicodedata.category(ch) not in _UNSEEN_CATEGORIES
 
 
+def _joins(text: str, index: int) -> bool:
+    """Whether the joiner at ``index`` sits between two visible characters; marks such
+    as a variation selector may come between the first one and the joiner (❤️‍🔥), but
+    a mark with nothing visible before it joins nothing."""
+    base = index - 1
+    while base >= 0 and unicodedata.category(text[base]) == "Mn":
+        base -= 1
+    after = index + 1
+    return base >= 0 and _visible(text[base]) and after < len(text) and _visible(text[after])
+
+
 def _refused_at(text: str) -> int | None:
     """Index of the first character the rule refuses, if any."""
     for index, ch in enumerate(text):
         if ch in _JOINERS:
-            before = text[index - 1] if index > 0 else ""
-            after = text[index + 1] if index + 1 < len(text) else ""
-            # A variation selector (Mn) may sit between a visible character and a joiner.
-            if (
-                before
-                and after
-                and (_visible(before) or unicodedata.category(before) == "Mn")
-                and (_visible(after))
-            ):
+            if _joins(text, index):
                 continue
             return index
-        if unicodedata.category(ch) in _REFUSED_CATEGORIES or _is_noncharacter(ch):
+        if (
+            unicodedata.category(ch) in _REFUSED_CATEGORIES
+            or _is_noncharacter(ch)
+            or ch in _EMPTY_MARKS
+        ):
             return index
     return None
 
