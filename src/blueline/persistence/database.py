@@ -40,6 +40,7 @@ from blueline.errors import StorageUnavailable
 from blueline.persistence.dialect import POSTGRESQL, SQLITE, Dialect
 from blueline.persistence.failures import unavailable
 from blueline.persistence.lane import Lane
+from blueline.settings import is_loopback_host
 
 # Execution option marking a connection that only reads (SQLite then begins deferred).
 READ_ONLY = "blueline_read_only"
@@ -60,6 +61,20 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+def plain_on_loopback(url: str) -> dict[str, Any]:
+    """``{"ssl": False}`` for a database on this machine whose URL says nothing about TLS.
+
+    asyncpg's default (``prefer``) first asks for TLS on every connection it opens,
+    including the one that carries a statement's cancellation; against a server without
+    TLS that is a wasted round trip, and a failure asyncpg has been seen to leave
+    unretrieved (MagicStack/asyncpg#1310). TLS to loopback protects nothing, so it is
+    not asked for there; a URL naming ``ssl`` or ``sslmode`` decides for itself."""
+    parsed = make_url(url)
+    if {"ssl", "sslmode"} & set(parsed.query) or not is_loopback_host(parsed.host or ""):
+        return {}
+    return {"ssl": False}
+
+
 def create_engine(url: str, limits: Limits | None = None, **kwargs: Any) -> AsyncEngine:
     limits = limits or Limits()
     if not is_sqlite(url):
@@ -71,6 +86,8 @@ def create_engine(url: str, limits: Limits | None = None, **kwargs: Any) -> Asyn
         # retried by the provider) and is then replaced; recycling bounds their age.
         kwargs.setdefault("pool_recycle", 1800)
         connect_args = kwargs.setdefault("connect_args", {})
+        for name, value in plain_on_loopback(url).items():
+            connect_args.setdefault(name, value)
         connect_args.setdefault("timeout", limits.connect_timeout_s)
         connect_args.setdefault("command_timeout", limits.statement_timeout_s + 1)
         connect_args.setdefault(
@@ -258,6 +275,7 @@ class Database:
                         # state (no SET, LISTEN or session-level advisory lock), and an
                         # open transaction is still rolled back by asyncpg itself.
                         reset=_keep_session,
+                        **plain_on_loopback(self.url),
                         min_size=1,
                         max_size=limits.raw_pool_size,
                         timeout=limits.connect_timeout_s,
