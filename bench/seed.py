@@ -22,10 +22,10 @@ import asyncpg
 from bench.infra import BenchDatabase
 from blueline import ids
 from blueline import readmodel as rm
+from blueline.access import create_api_key
 from blueline.persistence.database import Database
 from blueline.persistence.dialect import POSTGRESQL
 from blueline.persistence.reads import SqlBuilder, record_sql
-from blueline.access import create_api_key
 from blueline.security.vault import Keyring, Vault, credentials_aad, webhook_secret_aad
 from blueline.webhooks.signature import generate_secret
 
