@@ -909,3 +909,94 @@ async def test_slow_flapping_provider_fails_cleanly_and_holds_no_connection(
     print(
         f"outcomes {outcomes}; proxy resets {dict(provider_proxy.resets)}; {watch.samples} samples"
     )
+
+
+# ------------------------------------------------ 5. pool exhaustion and slow queries
+
+UPDATE_LABEL = """
+mutation Relabel($input: UpdateImessageSetupInput!) {
+  updateImessageSetup(input: $input) { setup { id label } userErrors { code } }
+}"""
+
+
+async def lock_waiters(drill: Drill) -> int:
+    """Blueline's statements waiting for a lock the test holds."""
+    return int(
+        await drill.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'"
+        )
+    )
+
+
+async def test_exhausted_pool_and_slow_statements_answer_503_in_bounded_time(
+    drill: Drill,
+) -> None:
+    process = drill.serve("api", BLUELINE_DB_POOL_SIZE="2")
+    api = drill.api(process)
+    slow_setup, other, _ = await create_setups(api, 3, "Pool")
+    http = api.http
+
+    # More readers than connections, and every statement stuck behind a table lock:
+    # two wait for their statement timeout, the rest for a pooled connection.
+    async with drill.sql() as conn, conn.transaction():
+        await conn.execute("LOCK TABLE imessage_setup IN ACCESS EXCLUSIVE MODE")
+        crowd = await asyncio.gather(
+            *(graphql_answer(http, api.key, "list", {"query": LIST}) for _ in range(8))
+        )
+    counts = check_graphql_answers(crowd, POOL_TIMEOUT_S + STATEMENT_TIMEOUT_S + MARGIN_S)
+    assert counts == {503: 8}, counts
+    # The connections whose statements were cancelled serve the next requests.
+    after = await graphql_answer(http, api.key, "list", {"query": LIST})
+    assert after.status == 200, after
+
+    # One client stuck on one row's lock: its request ends at the statement timeout,
+    # while requests about other rows, a webhook included, go on meanwhile.
+    slow_line = slow_setup["phoneLines"][0]["requestId"]
+    other_line = other["phoneLines"][0]["requestId"]
+    async with drill.sql() as conn, conn.transaction():
+        await conn.execute(
+            "SELECT 1 FROM imessage_setup WHERE id = $1 FOR UPDATE", slow_setup["id"]
+        )
+        relabel = {"input": {"setupId": slow_setup["id"], "label": "Renamed"}}
+        slow = asyncio.create_task(
+            graphql_answer(http, api.key, "relabel", {"query": UPDATE_LABEL, "variables": relabel})
+        )
+        await eventually(
+            lambda: lock_waiters(drill), lambda n: n >= 1, timeout_s=5, what="a blocked update"
+        )
+        placed = {other_line: await drill.assign(other_line)}
+        meanwhile = [
+            await graphql_answer(
+                http, api.key, "detail", {"query": DETAIL, "variables": {"id": other["id"]}}
+            ),
+            await graphql_answer(http, api.key, "list", {"query": LIST}),
+        ]
+        await eventually(
+            lambda: all_assigned(drill, [other_line]),
+            lambda n: n == 1,
+            timeout_s=STATEMENT_TIMEOUT_S + MARGIN_S,
+            what="the other setup's webhook applied while one row is locked",
+        )
+        assert {a.status for a in meanwhile} == {200}, meanwhile
+        stuck = await slow
+        # Its webhook too (the lock is held until it was refused: statement timeout).
+        placed[slow_line] = await drill.assign(slow_line)
+        await eventually(
+            drill.deliveries,
+            lambda d: 503 in d.get(slow_line, []),
+            timeout_s=STATEMENT_TIMEOUT_S + MARGIN_S,
+            what="the locked setup's webhook refused with 503",
+        )
+    check_graphql_answers([stuck], STATEMENT_TIMEOUT_S + MARGIN_S)
+    assert stuck.status == 503, stuck
+    # The provider's retry applies the refused one.
+    await eventually(
+        lambda: all_assigned(drill, [slow_line]),
+        lambda n: n == 1,
+        timeout_s=20,
+        what="the locked setup's webhook applied once the lock is gone",
+    )
+    await check_applied_once(drill, placed)
+    shown = await api.data(DETAIL, {"id": slow_setup["id"]})
+    assert shown["imessageSetup"] is not None
