@@ -523,6 +523,85 @@ async def test_database_outage_answers_503_in_bounded_time_and_loses_nothing(
     )
 
 
+# A hung database (the server frozen: connections open, nothing answers) exercises the
+# client-side bounds the refusing one never reaches: connecting (the handshake never
+# completes), each statement (asyncpg's command timeout, the statement timeout plus
+# 1 s, since the server's own timeout cannot fire), and the cancel request sent after
+# it (bounded by the same timeout).
+HUNG_STATEMENT_TIMEOUT_S = 1.0
+HUNG_BOUND_S = POOL_TIMEOUT_S + 2 * (HUNG_STATEMENT_TIMEOUT_S + 1) + MARGIN_S
+# Longer than the bound, so a request that waited for the database to come back
+# would show it.
+HUNG_FOR_S = HUNG_BOUND_S + 2
+
+
+async def test_hung_database_answers_503_within_the_client_side_timeouts(drill: Drill) -> None:
+    process = drill.serve("api", BLUELINE_DB_STATEMENT_TIMEOUT_S=str(HUNG_STATEMENT_TIMEOUT_S))
+    api = drill.api(process)
+    setups = await create_setups(api, 4, "Hung")
+    request_ids = [s["phoneLines"][0]["requestId"] for s in setups]
+    follower, start_seq = await drill.follow(process, "subscriber")
+    load = QueryLoad(api, [s["id"] for s in setups]).start()
+    placed: dict[str, str] = {}
+    try:
+        placed[request_ids[0]] = await drill.assign(request_ids[0])
+        await eventually(
+            lambda: all_assigned(drill, request_ids[:1]),
+            lambda n: n == 1,
+            timeout_s=10,
+            what="before",
+        )
+        frozen = time.monotonic()
+        try:
+            await asyncio.to_thread(drill.cluster.freeze)
+            for request_id in request_ids[1:3]:
+                placed[request_id] = await drill.assign(request_id)
+            async with httpx.AsyncClient(base_url=process.base_url, timeout=60) as http:
+                started = time.monotonic()
+                status, checks = await readyz(http)
+                probe_s = time.monotonic() - started
+            await asyncio.sleep(max(0.0, frozen + HUNG_FOR_S - time.monotonic()))
+        finally:
+            await asyncio.to_thread(drill.cluster.thaw)
+        thawed = time.monotonic()
+        async with httpx.AsyncClient(base_url=process.base_url, timeout=30) as http:
+            await readiness_until(
+                http,
+                lambda r: r[0] == 200,
+                timeout_s=2.0,
+                what="readiness once the database answers again",
+                interval_s=0.05,
+            )
+        placed[request_ids[3]] = await drill.assign(request_ids[3])
+        await eventually(
+            lambda: all_assigned(drill, request_ids),
+            lambda n: n == len(request_ids),
+            timeout_s=20,
+            what="every placement applied",
+        )
+        expected = await drill.event_ids_after(start_seq)
+        await follower.wait_for(expected, timeout_s=10)
+    finally:
+        await load.stop()
+        await follower.stop()
+
+    assert status == 503, checks
+    assert checks["database"] != "ok", checks
+    assert probe_s <= HUNG_BOUND_S, probe_s
+    during = [a for a in load.answers if frozen <= a.started < thawed]
+    counts = check_graphql_answers(load.answers, HUNG_BOUND_S)
+    # Everything asked while the server was frozen was answered 503 (none waited for
+    # it to thaw), and everything after it thawed succeeded.
+    assert {a.status for a in during if a.started < thawed - HUNG_BOUND_S} == {503}, during
+    assert counts.get(200, 0) > 0, counts
+    await check_applied_once(drill, placed)
+    check_followed(follower, expected)
+    print(
+        f"answers {counts}, longest {max(a.elapsed_s for a in during):.2f} s; "
+        f"readiness answered in {probe_s:.2f} s"
+    )
+
+
 # ------------------------------------------------ 2. Redis down, then Redis and database
 
 

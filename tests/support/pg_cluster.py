@@ -19,6 +19,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -162,6 +163,31 @@ class PrivateCluster:
         """Start again after a :meth:`crash` (crash recovery replays the WAL)."""
         self.start()
 
+    def freeze(self) -> None:
+        """SIGSTOP the server and every backend: connections stay open and nothing
+        answers, as when the database's host or the network to it hangs."""
+        self._signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, number: int) -> None:
+        for pid in self._pids():
+            # A backend may have exited since it was listed.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, number)
+
+    def _pids(self) -> list[int]:
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = []
+        for status in Path("/proc").glob("[0-9]*/status"):
+            with contextlib.suppress(OSError):
+                for line in status.read_text().splitlines():
+                    if line.startswith("PPid:") and int(line.split()[1]) == postmaster:
+                        children.append(int(status.parent.name))
+                        break
+        return [postmaster, *children]
+
     @property
     def running(self) -> bool:
         return (self.data / "postmaster.pid").exists()
@@ -173,6 +199,8 @@ class PrivateCluster:
 
     def cleanup(self) -> None:
         """Stop whatever runs and remove the directory; safe to call more than once."""
+        with contextlib.suppress(Exception):
+            self.thaw()
         with contextlib.suppress(Exception):
             self._stop("immediate")
         shutil.rmtree(self.directory, ignore_errors=True)
