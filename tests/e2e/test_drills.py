@@ -108,6 +108,15 @@ async def eventually(
         await asyncio.sleep(interval_s)
 
 
+async def within(work: Awaitable[T], seconds: float, what: str) -> T:
+    """``work``'s result, or a failure once ``seconds`` passed (where the test itself
+    holds what the work waits for, waiting longer would wait forever)."""
+    try:
+        return await asyncio.wait_for(work, seconds)
+    except TimeoutError:
+        pytest.fail(f"{what}: no answer within {seconds} s")
+
+
 def _short(value: object, limit: int = 1500) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
@@ -1020,8 +1029,12 @@ async def test_exhausted_pool_and_slow_statements_answer_503_in_bounded_time(
     # two wait for their statement timeout, the rest for a pooled connection.
     async with drill.sql() as conn, conn.transaction():
         await conn.execute("LOCK TABLE imessage_setup IN ACCESS EXCLUSIVE MODE")
-        crowd = await asyncio.gather(
-            *(graphql_answer(http, api.key, "list", {"query": LIST}) for _ in range(8))
+        crowd = await within(
+            asyncio.gather(
+                *(graphql_answer(http, api.key, "list", {"query": LIST}) for _ in range(8))
+            ),
+            POOL_TIMEOUT_S + STATEMENT_TIMEOUT_S + MARGIN_S,
+            "reads behind a table lock",
         )
     counts = check_graphql_answers(crowd, POOL_TIMEOUT_S + STATEMENT_TIMEOUT_S + MARGIN_S)
     assert counts == {503: 8}, counts
@@ -1058,7 +1071,7 @@ async def test_exhausted_pool_and_slow_statements_answer_503_in_bounded_time(
             what="the other setup's webhook applied while one row is locked",
         )
         assert {a.status for a in meanwhile} == {200}, meanwhile
-        stuck = await slow
+        stuck = await within(slow, STATEMENT_TIMEOUT_S + MARGIN_S, "a mutation on a locked row")
         # Its webhook too (the lock is held until it was refused: statement timeout).
         placed[slow_line] = await drill.assign(slow_line)
         await eventually(
