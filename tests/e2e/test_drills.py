@@ -649,6 +649,7 @@ async def test_redis_outage_alone_and_with_the_database_delays_events_never_lose
     http = [httpx.AsyncClient(base_url=p.base_url, timeout=30) for p in (first, second)]
     try:
         # Redis alone: reads and webhooks go on, events wait for the bus.
+        redis_down = time.monotonic()
         await asyncio.to_thread(redis_server.stop)
         for client in http:
             checks = await readiness_until(
@@ -664,11 +665,27 @@ async def test_redis_outage_alone_and_with_the_database_delays_events_never_lose
             timeout_s=10,
             what="placements applied while Redis is down",
         )
+        # Down long enough for the listeners' reconnect backoff to reach its 2 s cap;
+        # placed the moment Redis is back, these are published (and marked) while the
+        # listeners still wait to reconnect: only re-reading the log once they have
+        # gets them to the subscribers.
+        await asyncio.sleep(max(0.0, redis_down + 3.5 - time.monotonic()))
         await asyncio.to_thread(redis_server.start)
-        for client in http:
-            await wait_ready(client, "readiness once Redis is back")
         for request_id in phases[1]:
             placed[request_id] = await drill.assign(request_id)
+        for client in http:
+            await wait_ready(client, "readiness once Redis is back")
+        await eventually(
+            lambda: all_assigned(drill, phases[1]),
+            lambda n: n == 3,
+            timeout_s=10,
+            what="placements applied as Redis came back",
+        )
+        # Before anything else happens: a later event would fill the gap anyway.
+        so_far = await drill.event_ids_after(start_seq)
+        for follower in (remote, local):
+            await follower.wait_for(so_far, timeout_s=10)
+            check_followed(follower, so_far)
 
         # Redis and the database together; Redis comes back first, so the processes
         # re-read the log while the database still refuses.
