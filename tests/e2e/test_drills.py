@@ -31,6 +31,7 @@ import asyncpg
 import httpx
 import pytest
 
+from blueline.events.bus import REDIS_TIMEOUT_S
 from blueline.persistence.eventlog import format_event_id
 from blueline.settings import SANDBOX_PARTNER_KEY
 from tests.conftest import Api, keyring_spec
@@ -753,6 +754,73 @@ async def test_redis_outage_alone_and_with_the_database_delays_events_never_lose
         f"ready {ready_after_s:.2f} s after both came back; "
         f"endings on second {remote.endings}, on first {local.endings}"
     )
+
+
+async def test_hung_redis_holds_no_request_and_loses_no_event(
+    drill: Drill, redis_server: PrivateRedis
+) -> None:
+    process = drill.serve("api", redis_url=redis_server.url)
+    api = drill.api(process)
+    setups = await create_setups(api, 3, "Hung bus")
+    request_ids = [s["phoneLines"][0]["requestId"] for s in setups]
+    follower, start_seq = await drill.follow(process, "subscriber")
+    bound_s = REDIS_TIMEOUT_S + MARGIN_S
+    placed: dict[str, str] = {}
+    try:
+        redis_server.freeze()
+        try:
+            for request_id in request_ids[:2]:
+                placed[request_id] = await drill.assign(request_id)
+            created = await graphql_answer(
+                api.http,
+                api.key,
+                "create",
+                {"query": CREATE, "variables": {"input": {"businessName": "New", "label": "D"}}},
+            )
+            async with httpx.AsyncClient(base_url=process.base_url, timeout=30) as http:
+                started = time.monotonic()
+                status, checks = await readyz(http)
+                probe_s = time.monotonic() - started
+            await eventually(
+                lambda: all_assigned(drill, request_ids[:2]),
+                lambda n: n == 2,
+                timeout_s=10,
+                what="placements applied while Redis hangs",
+            )
+        finally:
+            redis_server.thaw()
+        placed[request_ids[2]] = await drill.assign(request_ids[2])
+        await eventually(
+            lambda: all_assigned(drill, request_ids),
+            lambda n: n == len(request_ids),
+            timeout_s=10,
+            what="every placement applied",
+        )
+        expected = await drill.event_ids_after(start_seq)
+        await follower.wait_for(expected, timeout_s=15)
+        unpublished = await eventually(
+            lambda: drill.fetchval("SELECT count(*) FROM event WHERE published_at IS NULL"),
+            lambda n: n == 0,
+            timeout_s=15,
+            what="every event published",
+        )
+    finally:
+        await follower.stop()
+
+    # The commit is not held up by the bus: the create answered in time, and the
+    # provider (which gives up on a delivery after 5 s) never had to retry one.
+    assert created.status == 200, created
+    assert created.elapsed_s <= bound_s, created
+    attempts = await drill.attempts()
+    assert all(len(attempts[r]) == 1 for r in request_ids), attempts
+    assert status == 503, checks
+    assert checks == {"database": "ok", "event_bus": checks["event_bus"]}, checks
+    assert checks["event_bus"] != "ok", checks
+    assert probe_s <= bound_s, probe_s
+    assert unpublished == 0
+    await check_applied_once(drill, placed)
+    check_followed(follower, expected)
+    print(f"create answered in {created.elapsed_s:.2f} s, readiness in {probe_s:.2f} s")
 
 
 # ------------------------------------------------------------ 3. a process killed
