@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from bench.context import RunContext
 from bench.report import ScenarioResult
-from bench.scenarios import fanout, latency, listing, peers, scale, webhook, webhook_timing
+from bench.scenarios import fanout, latency, listing, peers, scale, soak, webhook, webhook_timing
 
 Scenario = Callable[[RunContext], Awaitable[ScenarioResult]]
 
@@ -18,4 +18,8 @@ SCENARIOS: dict[str, Scenario] = {
     "fanout": fanout.run,
     "scale": scale.run,
     "peers": peers.run,
+    "soak": soak.run,
 }
+
+# Run only when named (or with --smoke): 30 minutes would dwarf the rest of the run.
+ON_REQUEST = frozenset({"soak"})
