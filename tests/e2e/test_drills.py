@@ -53,7 +53,7 @@ POOL_TIMEOUT_S = 1.0
 STATEMENT_TIMEOUT_S = 2.0
 # What a loaded two-core machine may add to a bounded wait before the answer is out.
 MARGIN_S = 2.0
-# The bound the brief gives every request while the database is down.
+# Every request while the database refuses connections (docs/operations.md).
 OUTAGE_BOUND_S = CONNECT_TIMEOUT_S + POOL_TIMEOUT_S + MARGIN_S
 # How long the database stays down in the first drill.
 OUTAGE_S = 3.0
@@ -121,11 +121,6 @@ async def within(work: Awaitable[T], seconds: float, what: str) -> T:
 def _short(value: object, limit: int = 1500) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
-
-
-async def value_of(compute: Callable[[], T]) -> T:
-    """An awaitable of something already at hand, for :func:`eventually`."""
-    return compute()
 
 
 @dataclass
@@ -335,14 +330,11 @@ class Drill:
         return found
 
     async def deliveries(self) -> dict[str, list[int | None]]:
-        """Status codes of every delivery attempt, by request id."""
-        response = await self.sandbox.get("/sandbox/subaccounts")
-        response.raise_for_status()
-        found: dict[str, list[int | None]] = {}
-        for account in response.json()["data"]:
-            for attempt in account["deliveries"]:
-                found.setdefault(attempt["request_id"], []).append(attempt["status_code"])
-        return found
+        """Status codes of every delivery attempt (None: a transport error), by request id."""
+        return {
+            request_id: [attempt["status_code"] for attempt in tries]
+            for request_id, tries in (await self.attempts()).items()
+        }
 
 
 async def create_setups(api: Api, count: int, prefix: str) -> list[dict[str, Any]]:
@@ -430,7 +422,10 @@ async def drill(
     sandbox: httpx.AsyncClient,
     tmp_path: Path,
 ) -> AsyncIterator[Drill]:
-    if not cluster.running:  # a drill before this one failed during an outage
+    # A drill before this one may have failed with the cluster down or frozen.
+    if cluster.running:
+        await asyncio.to_thread(cluster.thaw)
+    else:
         await asyncio.to_thread(cluster.start)
     database = await cluster.create_database()
     found = Drill(cluster, database, procs, sandbox_process.base_url, sandbox, tmp_path)
