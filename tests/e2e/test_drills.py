@@ -925,6 +925,13 @@ mutation RequestLine($input: RequestImessagePhoneLineInput!) {
   requestImessagePhoneLine(input: $input) { phoneLine { id status } userErrors { code message } }
 }"""
 
+RENAME = """
+mutation Rename($input: UpdateImessageSetupInput!) {
+  updateImessageSetup(input: $input) { setup { id businessName } userErrors { code message } }
+}"""
+
+NAME = """query Name($id: ID!) { imessageSetup(id: $id) { businessName } }"""
+
 PROVIDER_LATENCY_MS = 2500
 PROVIDER_TIMEOUT_S = 4.0
 PROVIDER_ATTEMPTS = 3
@@ -1013,6 +1020,7 @@ async def test_slow_flapping_provider_fails_cleanly_and_holds_no_connection(
         answers = await asyncio.gather(
             *(send("create", CREATE, create_input(n)) for n in range(creates)),
             *(send("line", REQUEST_LINE, {"input": {"setupId": existing["id"]}}) for _ in range(4)),
+            send("rename", RENAME, {"input": {"setupId": existing["id"], "businessName": "New"}}),
         )
     finally:
         await watch.stop()
@@ -1021,7 +1029,7 @@ async def test_slow_flapping_provider_fails_cleanly_and_holds_no_connection(
 
     # Every attempt is bounded by the provider timeout; backoff is 0.01 s here.
     bound_s = PROVIDER_ATTEMPTS * (PROVIDER_TIMEOUT_S + 0.05) + MARGIN_S
-    outcomes: dict[str, list[str]] = {"create": [], "line": []}
+    outcomes: dict[str, list[str]] = {"create": [], "line": [], "rename": []}
     created: dict[int, str] = {}
     new_lines: list[str] = []
     for n, answer in enumerate(answers):
@@ -1040,7 +1048,7 @@ async def test_slow_flapping_provider_fails_cleanly_and_holds_no_connection(
         outcomes[answer.what].append("ok")
         if answer.what == "create":
             created[n] = made["id"]
-        else:
+        elif answer.what == "line":
             new_lines.append(made["id"])
     # Three attempts against 50 % failures and 20 % resets: about 3 creates in 4 succeed
     # (all 8 failing has odds near 1 in 100,000); without retries it would be 2 in 5.
@@ -1054,6 +1062,9 @@ async def test_slow_flapping_provider_fails_cleanly_and_holds_no_connection(
     shown = await api.data(DETAIL, {"id": existing["id"]})
     line_ids = [line["id"] for line in shown["imessageSetup"]["phoneLines"]]
     assert sorted(line_ids) == sorted([existing["phoneLines"][0]["id"], *new_lines])
+    # A rename the provider did not confirm changed nothing here.
+    name = (await api.data(NAME, {"id": existing["id"]}))["imessageSetup"]["businessName"]
+    assert name == ("New" if outcomes["rename"] == ["ok"] else "Steady 0"), (name, outcomes)
     states = await drill.fetch("SELECT state, count(*) AS n FROM imessage_setup GROUP BY state")
     assert {row["state"] for row in states} <= {"ready", "failed"}, states
     incomplete = await drill.fetchval(
