@@ -20,7 +20,7 @@ from typing import Any
 from bench.context import RunContext
 from bench.infra import raise_fd_limit, redis_for_run
 from bench.report import ScenarioResult, render_table
-from bench.scenarios import SCENARIOS
+from bench.scenarios import ON_REQUEST, SCENARIOS
 
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -31,9 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
         "scenarios",
         nargs="*",
         metavar="scenario",
-        help=f"any of: {', '.join(SCENARIOS)} (default: all, in that order)",
+        help=f"any of: {', '.join(SCENARIOS)} (default: all, in that order; "
+        f"{', '.join(sorted(ON_REQUEST))} only when named or with --smoke)",
     )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, short phases")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="how long soak runs (default 30; --smoke: a few seconds)",
+    )
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument(
         "--redis-url", default=None, help="use this Redis instead of a private redis-server"
@@ -74,7 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
         return 2
-    names = args.scenarios or list(SCENARIOS)
+    if args.minutes is not None and args.minutes <= 0:
+        print("--minutes must be positive")
+        return 2
+    names = args.scenarios or [n for n in SCENARIOS if args.smoke or n not in ON_REQUEST]
     raise_fd_limit()
     results: list[ScenarioResult] = []
     failed: list[str] = []
@@ -85,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results_dir=args.results_dir,
                 redis_url=redis_url,
                 profile=args.profile,
+                minutes=args.minutes,
             )
             print(f"-- {name}{' (smoke)' if args.smoke else ''}", flush=True)
             try:

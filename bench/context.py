@@ -22,6 +22,8 @@ class RunContext:
     results_dir: Path
     redis_url: str
     profile: bool = False
+    # How long the soak runs, when not its default.
+    minutes: float | None = None
     started: float = field(default_factory=time.perf_counter)
 
     @property

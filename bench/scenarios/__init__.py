@@ -14,6 +14,7 @@ from bench.scenarios import (
     listing,
     peers,
     scale,
+    soak,
     webhook,
     webhook_timing,
 )
@@ -30,4 +31,8 @@ SCENARIOS: dict[str, Scenario] = {
     "create": create.run,
     "peers": peers.run,
     "document-memory": document_memory.run,
+    "soak": soak.run,
 }
+
+# Run only when named (or with --smoke): 30 minutes would dwarf the rest of the run.
+ON_REQUEST = frozenset({"soak"})

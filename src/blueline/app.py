@@ -24,12 +24,13 @@ from litestar.types import Receive, Scope, Send
 
 from blueline.api import responses
 from blueline.api.auth import ApiKeyAuthentication
-from blueline.api.http import failure, graphql_handlers
+from blueline.api.http import failure, graphql_handlers, unavailable
 from blueline.api.live import Runner
 from blueline.api.operations import healthz, prometheus_metrics, readyz
 from blueline.api.schema import build_schema
 from blueline.api.webhooks import receive_imessage_webhook
 from blueline.api.websocket import Sockets, websocket_handler
+from blueline.errors import StorageUnavailable
 from blueline.observability.request_id import current_request_id, request_id_middleware
 from blueline.rate_limit import RateLimiter
 from blueline.runtime import EMBEDDED_PROVIDER_PATH, Runtime, open_runtime
@@ -136,6 +137,20 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     )
 
 
+def _storage_unavailable(request: Request[Any, Any, Any], exc: StorageUnavailable) -> Response[Any]:
+    # Raised before a handler could map it (authenticating a key the cache no longer
+    # holds): the request changed nothing, so the client is told to retry, not that
+    # the server broke.
+    if _is_graphql(request):
+        return unavailable()
+    return Response(
+        {"error": "temporarily unavailable"},
+        status_code=503,
+        media_type=MediaType.JSON,
+        headers={"Retry-After": "1"},
+    )
+
+
 def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     request_id = current_request_id() or ""
     logger.error("unexpected error answering %s", request.url.path, exc_info=exc)
@@ -225,6 +240,7 @@ def create_app(settings: Settings) -> Litestar:
             NotAuthorizedException: _unauthorized,
             TooManyRequestsException: _too_many,
             HTTPException: _http_error,
+            StorageUnavailable: _storage_unavailable,
             500: _internal,
         },
         cors_config=cors_config(settings),

@@ -89,3 +89,14 @@ def test_smoke_run_writes_a_well_formed_result(scenario: str, tmp_path: Path) ->
         assert target["figure"] in ("ratio", "value")
         assert target["met"] in (True, False, None)
         assert isinstance(target["target"], str)
+
+    if scenario == "soak":
+        # Sampled over the run, and plotted.
+        samples = document["details"]["samples"]
+        assert len(samples) >= 3, samples
+        for sample in samples:
+            assert sample["rss_kib"] > 0
+            assert sample["db_connections"] > 0
+        plot = Path(document["details"]["plot"])
+        assert plot.parent == tmp_path
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -50,6 +51,15 @@ class PrivateRedis:
             except redis.exceptions.ConnectionError:
                 time.sleep(0.05)
         raise RuntimeError("private redis-server did not start")
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers (a hung Redis)."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         if self._process is not None:

@@ -29,6 +29,11 @@ logger = logging.getLogger(__name__)
 
 CHANNEL_PREFIX = "blueline:events:"
 CONTROL_CHANNEL = "blueline:control"
+# A publish or a ping waits at most this long. Committers publish before they answer,
+# so a Redis that hangs (rather than refusing) would otherwise hold every write request
+# for the client's socket timeout, past a provider's patience with a webhook; what a
+# timed-out publish leaves unmarked, the sweep sends once Redis answers again.
+REDIS_TIMEOUT_S = 1.0
 
 ControlHandler = Callable[[dict[str, Any]], None]
 
@@ -86,8 +91,16 @@ class MemoryBus:
 class RedisBus:
     detached = False
 
-    def __init__(self, url: str, hub: Hub, *, reconnect_max_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        hub: Hub,
+        *,
+        reconnect_max_s: float = 2.0,
+        timeout_s: float = REDIS_TIMEOUT_S,
+    ) -> None:
         self.hub = hub
+        self._timeout_s = timeout_s
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10
         )
@@ -115,8 +128,12 @@ class RedisBus:
         await self._redis.aclose()
 
     async def publish_many(self, events: Sequence[LiveEvent]) -> None:
-        # One round trip for the batch; order is kept within the pipeline.
-        async with self._redis.pipeline(transaction=False) as pipe:
+        # One round trip for the batch; order is kept within the pipeline. Cut short,
+        # some may have gone out: sent again by the sweep, they are dropped by seq.
+        async with (
+            asyncio.timeout(self._timeout_s),
+            self._redis.pipeline(transaction=False) as pipe,
+        ):
             for event in events:
                 pipe.publish(CHANNEL_PREFIX + event.workspace_id, event.to_message())
             await pipe.execute()
@@ -130,7 +147,8 @@ class RedisBus:
     async def ping(self) -> None:
         if not self._listening.is_set():
             raise ConnectionError("the event bus is not listening")
-        await self._redis.ping()
+        async with asyncio.timeout(self._timeout_s):
+            await self._redis.ping()
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         data = message.get("data")
