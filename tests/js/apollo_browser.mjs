@@ -123,6 +123,9 @@ runScript(async (args, partial) => {
       await page.evaluate((m) => window.blueline.unsubscribe(m), mode);
     }
     allowed.after = await page.evaluate(() => window.blueline.listSetups());
+    // The server notices a stream the page closed when it next writes to it: wait, so
+    // the stranger's count below starts from the baseline.
+    await until(async () => (await subscribers(args)) === baseline, "no subscribers", timeout);
 
     const other = await browser.context.newPage();
     other.setDefaultTimeout(timeout);
