@@ -896,12 +896,6 @@ async def test_process_killed_mid_delivery_loses_and_repeats_nothing(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api/websocket.py lets StorageUnavailable escape connection_init: the key check "
-    "fails, a traceback is logged and the socket is closed with 1000 (a normal end) "
-    "instead of 1013 (try again later)",
-)
 async def test_websocket_opened_while_the_database_is_down_is_told_to_try_again(
     drill: Drill,
 ) -> None:

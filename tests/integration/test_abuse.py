@@ -811,15 +811,6 @@ async def test_every_rejection_does_the_same_work_whatever_the_id(
             ), kind
 
 
-LOOKUP_MISS = (
-    "a lookup that misses finds no row, so the database reads, decodes and sends nothing "
-    "and the intake builds nothing: about 20 us less a rejection than for a real setup "
-    "(6 % in-process on PostgreSQL, 3 % on SQLite); every miss needs a row to find "
-    "(a decoy setup no one can sign for), which is webhooks/ and persistence's"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=LOOKUP_MISS)
 async def test_every_rejection_reads_as_many_rows_whatever_the_id(
     served: Served, sandbox: httpx.AsyncClient
 ) -> None:

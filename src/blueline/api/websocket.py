@@ -35,6 +35,7 @@ from blueline.api import responses
 from blueline.api.auth import TOO_MANY_FAILURES
 from blueline.api.live import LiveEnd, Operation, Runner
 from blueline.domain import Caller
+from blueline.errors import StorageUnavailable
 from blueline.observability.metrics import record_operation
 from blueline.observability.request_id import current_request_id
 from blueline.rate_limit import RateLimiter
@@ -284,7 +285,13 @@ class Session:
         if failures is not None and not failures.has_tokens(self.client):
             await self.close(CLOSE_TRY_AGAIN, TOO_MANY_FAILURES)
             return
-        caller = await self.runner.runtime.authenticator.authenticate(key_from(payload))
+        try:
+            caller = await self.runner.runtime.authenticator.authenticate(key_from(payload))
+        except StorageUnavailable:
+            # The key could not be checked (not cached, database unreachable): the client
+            # should come back, not give up.
+            await self.close(CLOSE_TRY_AGAIN, "The service is briefly unavailable; retry shortly")
+            return
         if caller is None:
             if failures is not None:
                 failures.allow(self.client)

@@ -14,10 +14,15 @@ from blueline.persistence.dialect import Dialect, sql_literal
 
 @dataclass(frozen=True)
 class SetupSecret:
+    """What the lookup found for one path id. Every id gets one: a setup that can take
+    deliveries (``usable``), or, for an unknown or closed setup, the decoy's sealed
+    secret in the same shape, so both are read, sent and decoded alike."""
+
     setup_id: str
-    workspace_id: str
+    workspace_id: str | None
     subaccount_id: str | None
-    sealed_secret: str | None  # None once the setup is closed
+    sealed_secret: str
+    usable: bool
 
 
 class DeliveryStore:
@@ -26,8 +31,10 @@ class DeliveryStore:
         p = dialect.placeholder
         d = dialect
         self._secrets = (
-            "SELECT id, workspace_id, subaccount_id, webhook_secret_enc FROM imessage_setup "
-            f"WHERE {d.member_of('id', 1)} AND state = {sql_literal(SetupState.READY)}"
+            "SELECT r.id, s.workspace_id, s.subaccount_id, "
+            f"COALESCE(s.webhook_secret_enc, {p(2, 'text')}), s.webhook_secret_enc IS NOT NULL "
+            f"FROM {d.rows(1, 'r', (('id', 'text'),))} LEFT JOIN imessage_setup s "
+            f"ON s.id = r.id AND s.state = {sql_literal(SetupState.READY)}"
         )
         columns = ("id", "setup_id", "webhook_id", "event_type", "outcome")
         # The first record of a webhook-id stays, except that one which named a request
@@ -41,10 +48,15 @@ class DeliveryStore:
             "SET outcome = excluded.outcome WHERE webhook_delivery.outcome = 'unknown_request'"
         )
 
-    async def secrets_of(self, conn: SqlConnection, setup_ids: list[str]) -> dict[str, SetupSecret]:
-        """Every path id of a batch costs the same: one indexed probe of one key."""
-        rows = await conn.fetch(self._secrets, (self.dialect.members(setup_ids),))
-        return {str(r[0]): SetupSecret(r[0], r[1], r[2], r[3]) for r in rows}
+    async def secrets_of(
+        self, conn: SqlConnection, setup_ids: list[str], decoy: str
+    ) -> dict[str, SetupSecret]:
+        """Every path id of a batch costs the same: one indexed probe of one key, and
+        one row back (``decoy`` standing in for a secret there is none of)."""
+        rows = await conn.fetch(
+            self._secrets, (self.dialect.rows_value([{"id": i} for i in setup_ids]), decoy)
+        )
+        return {str(r[0]): SetupSecret(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows}
 
     def record_many(
         self, deliveries: list[dict[str, str]], now: datetime

@@ -133,7 +133,7 @@ class WebhookIntake:
         # Concurrent deliveries share their round trips: the lookups of those that
         # arrive together are one statement, their applies one transaction. Alone, a
         # delivery is a batch of one. A setup's deliveries never share an apply batch.
-        self._lookups: Batcher[str, SetupSecret | None] = Batcher(
+        self._lookups: Batcher[str, SetupSecret] = Batcher(
             self._lookup_batch, max_size=128, concurrency=2, name="blueline-webhook-lookups"
         )
         # Batches overlap their round trips; they serialise only on the workspace's
@@ -157,15 +157,13 @@ class WebhookIntake:
             return Outcome.RATE_LIMITED
         lookup = setup_id if _well_formed(setup_id) else DECOY_SETUP_ID
         found = await self._lookups.submit(lookup)
-        if found is None or found.sealed_secret is None:
-            token, aad = self._decoy, webhook_secret_aad(DECOY_SETUP_ID)
-        else:
-            token, aad = found.sealed_secret, webhook_secret_aad(found.setup_id)
+        usable = found.usable
+        aad = webhook_secret_aad(found.setup_id if usable else DECOY_SETUP_ID)
         try:
-            secret = self._vault.decrypt(token, aad=aad)
+            secret = self._vault.decrypt(found.sealed_secret, aad=aad)
         except DecryptionFailed:
             logger.error("the webhook secret of a setup does not decrypt")
-            found, secret = None, signature.generate_secret()
+            usable, secret = False, signature.generate_secret()
         verified = signature.verify(
             [secret],
             headers.get("webhook-id"),
@@ -174,7 +172,7 @@ class WebhookIntake:
             body,
             self._clock(),
         )
-        if not verified or found is None or found.sealed_secret is None:
+        if not verified or not usable or found.workspace_id is None:
             self._limits.rejections.allow(client)
             return Outcome.REJECTED
         if not self._limits.verified.allow(found.setup_id):
@@ -191,10 +189,10 @@ class WebhookIntake:
             Delivery(found.workspace_id, found.setup_id, webhook_id, event_type[:64], assignment)
         )
 
-    async def _lookup_batch(self, setup_ids: list[str]) -> list[SetupSecret | None]:
+    async def _lookup_batch(self, setup_ids: list[str]) -> list[SetupSecret]:
         async with self._db.read() as conn:
-            found = await self._store.secrets_of(conn, sorted(set(setup_ids)))
-        return [found.get(setup_id) for setup_id in setup_ids]
+            found = await self._store.secrets_of(conn, sorted(set(setup_ids)), self._decoy)
+        return [found[setup_id] for setup_id in setup_ids]
 
     async def _apply_batch(self, deliveries: list[Delivery]) -> list[Outcome]:
         """Apply and record a batch in one transaction (one delivery per setup).
