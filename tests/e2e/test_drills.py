@@ -556,9 +556,11 @@ async def test_hung_database_answers_503_within_the_client_side_timeouts(drill: 
             timeout_s=10,
             what="before",
         )
-        frozen = time.monotonic()
         try:
             await asyncio.to_thread(drill.cluster.freeze)
+            # Taken once every process is stopped: a query sent while the signals were
+            # still going out may well have been answered.
+            frozen = time.monotonic()
             for request_id in request_ids[1:3]:
                 placed[request_id] = await drill.assign(request_id)
             async with httpx.AsyncClient(base_url=process.base_url, timeout=60) as http:
