@@ -110,6 +110,16 @@ class Dialect:
     def members(self, values: list[str]) -> Any:
         return list(values) if self.is_postgresql else json.dumps(values)
 
+    def texts(self, index: int, alias: str, column: str) -> str:
+        """A one-column table named ``alias`` of the texts bound at ``index`` (see
+        :meth:`members`). PostgreSQL estimates an array parameter at ten rows where it
+        takes a JSON record set for a hundred: joined to a table of a few thousand rows,
+        a batch of a few is then probed by index instead of hashed against a full
+        scan."""
+        if self.is_postgresql:
+            return f"unnest(${index}::text[]) AS {alias}({column})"
+        return f"(SELECT value AS {column} FROM json_each(?{index})) AS {alias}"
+
     def rows(self, index: int, alias: str, columns: Sequence[tuple[str, ParamType]]) -> str:
         """A table named ``alias`` of the rows bound at ``index`` (see :meth:`rows_value`):
         one statement text applies a whole batch, whatever its size."""

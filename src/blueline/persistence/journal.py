@@ -124,7 +124,10 @@ class Journal:
                     ("change", "text"),
                 ),
             )
-            + f" JOIN {rm.SETUP.table} s ON s.id = e.setup_id RETURNING id, payload"
+            # The setups named again as an array: PostgreSQL then reads them by key
+            # rather than hashing the record set against a scan of every setup.
+            + f" JOIN {rm.SETUP.table} s ON s.id = e.setup_id WHERE {d.member_of('s.id', 3)} "
+            "RETURNING id, payload"
         )
         names = ", ".join(name for name, _ in _AUDIT_COLUMNS)
         picked = ", ".join(f"a.{name}" for name, _ in _AUDIT_COLUMNS)
@@ -236,7 +239,10 @@ class Journal:
                 (self._heads, (d.rows_value([{"id": ws, "head": heads[ws]} for ws in changed]),))
             )
         if event_rows:
-            parts.append((self._insert_events, (d.rows_value(event_rows), d.timestamp(now))))
+            setups = d.members(sorted({row["setup_id"] for row in event_rows}))
+            parts.append(
+                (self._insert_events, (d.rows_value(event_rows), d.timestamp(now), setups))
+            )
         payloads: dict[str, str] = {}
         rows_back = await run_together(conn, d, parts)
         if event_rows:

@@ -107,7 +107,16 @@ class PhoneLine(SQLModel, table=True):
     __tablename__ = "phone_line"
     __table_args__ = (
         Index("ix_line_setup", "setup_id", "id"),
-        Index("ix_line_pending", "status", "requested_at"),
+        # Partial: it serves the sweep for pending lines and nothing else. A full index
+        # on status would also offer the planner every ASSIGNED line of the table for
+        # "does this setup have an assigned line", which it takes when its statistics
+        # still count few of them (a fresh or freshly loaded database).
+        Index(
+            "ix_line_pending",
+            "requested_at",
+            postgresql_where=text(f"status = '{LineStatus.PENDING.value}'"),
+            sqlite_where=text(f"status = '{LineStatus.PENDING.value}'"),
+        ),
     )
 
     id: str = Field(primary_key=True, max_length=40)

@@ -260,9 +260,8 @@ class SetupStore:
         # them (setup, then its lines, then the workspace): a batch never deadlocks
         # with a lifecycle change of one of its setups. One statement either way.
         self._assign_many = (
-            "WITH locked AS (SELECT s.id FROM imessage_setup s WHERE s.id IN "
-            f"(SELECT b0.setup_id FROM {d.rows(1, 'b0', (('setup_id', 'text'),))}) "
-            f"ORDER BY s.id{d.lock_rows}) "
+            "WITH locked AS (SELECT s.id FROM imessage_setup s WHERE "
+            f"{d.member_of('s.id', 3)} ORDER BY s.id{d.lock_rows}) "
             f"UPDATE phone_line SET status = {sql_literal(LineStatus.ASSIGNED)}, "
             f"phone_number = b.number, assigned_at = {p(2, 'timestamptz')} FROM "
             + d.rows(1, "b", (("setup_id", "text"), ("request_id", "text"), ("number", "text")))
@@ -380,7 +379,11 @@ class SetupStore:
         """Pending lines moved to ASSIGNED (forward only), by (setup id, request id); at
         most one item per line (the caller's batch keeps them apart)."""
         rows = [{"setup_id": s, "request_id": r, "number": n} for s, r, n in items]
-        found = await conn.fetch(self._assign_many, (self.dialect.rows_value(rows), self.ts(now)))
+        setups = sorted({row["setup_id"] for row in rows})
+        found = await conn.fetch(
+            self._assign_many,
+            (self.dialect.rows_value(rows), self.ts(now), self.dialect.members(setups)),
+        )
         return {
             (str(setup_id), str(request_id)): str(line_id)
             for line_id, setup_id, request_id in found

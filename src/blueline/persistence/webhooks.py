@@ -33,7 +33,7 @@ class DeliveryStore:
         self._secrets = (
             "SELECT r.id, s.workspace_id, s.subaccount_id, "
             f"COALESCE(s.webhook_secret_enc, {p(2, 'text')}), s.webhook_secret_enc IS NOT NULL "
-            f"FROM {d.rows(1, 'r', (('id', 'text'),))} LEFT JOIN imessage_setup s "
+            f"FROM {d.texts(1, 'r', 'id')} LEFT JOIN imessage_setup s "
             f"ON s.id = r.id AND s.state = {sql_literal(SetupState.READY)}"
         )
         columns = ("id", "setup_id", "webhook_id", "event_type", "outcome")
@@ -53,9 +53,7 @@ class DeliveryStore:
     ) -> dict[str, SetupSecret]:
         """Every path id of a batch costs the same: one indexed probe of one key, and
         one row back (``decoy`` standing in for a secret there is none of)."""
-        rows = await conn.fetch(
-            self._secrets, (self.dialect.rows_value([{"id": i} for i in setup_ids]), decoy)
-        )
+        rows = await conn.fetch(self._secrets, (self.dialect.members(setup_ids), decoy))
         return {str(r[0]): SetupSecret(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows}
 
     def record_many(

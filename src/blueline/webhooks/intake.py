@@ -136,12 +136,14 @@ class WebhookIntake:
         self._lookups: Batcher[str, SetupSecret] = Batcher(
             self._lookup_batch, max_size=128, concurrency=2, name="blueline-webhook-lookups"
         )
-        # Batches overlap their round trips; they serialise only on the workspace's
-        # counters, taken last, just before commit.
+        # One batch at a time: under load the batches grow instead of splitting it, and
+        # every batch takes the workspace's counters anyway. Measured at 16 deliveries in
+        # flight, one batch at a time cost 1.5 ms of CPU per delivery, two 1.8, three 2.0,
+        # for the same throughput. A batch is bounded by the statement timeout.
         self._applies: Batcher[Delivery, Outcome] = Batcher(
             self._apply_batch,
             max_size=64,
-            concurrency=3,
+            concurrency=1,
             key=lambda d: d.setup_id,
             # Anything but an outage may be one delivery's doing: the others go on alone.
             alone_on=lambda exc: not isinstance(exc, StorageUnavailable),
