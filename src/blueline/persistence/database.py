@@ -281,12 +281,7 @@ class Database:
                         timeout=limits.connect_timeout_s,
                         command_timeout=limits.statement_timeout_s + 1,
                         server_settings={
-                            "statement_timeout": str(int(limits.statement_timeout_s * 1000)),
-                            # Every statement on these connections is prebuilt and finds
-                            # its rows by key, so one plan serves every value. Left to
-                            # choose, PostgreSQL re-planned the larger ones on every call
-                            # (0.7 ms for the event insert, more than it took to run).
-                            "plan_cache_mode": "force_generic_plan",
+                            "statement_timeout": str(int(limits.statement_timeout_s * 1000))
                         },
                     )
                     # Half the pool at most: the rest keeps circulating for waiters.
