@@ -35,6 +35,9 @@ LINES_PER_SETUP = 10
 BATCH = 5
 
 _SEED = f"""
+-- Autovacuum must not refresh the statistics behind the test's back.
+ALTER TABLE imessage_setup SET (autovacuum_enabled = off);
+ALTER TABLE phone_line SET (autovacuum_enabled = off);
 INSERT INTO workspace (id, name, created_at) VALUES ('wsp_plans', 'plans', now());
 INSERT INTO imessage_setup (id, workspace_id, business_name, label, state, status,
     created_at, updated_at)
@@ -70,6 +73,14 @@ async def db(pg_dsn: str) -> AsyncIterator[Database]:
     yield database
     await database.dispose()
     await truncate_pg(pg_dsn)
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute(
+            "ALTER TABLE imessage_setup RESET (autovacuum_enabled); "
+            "ALTER TABLE phone_line RESET (autovacuum_enabled)"
+        )
+    finally:
+        await conn.close()
 
 
 async def test_a_batch_reads_its_setups_and_lines_by_key(db: Database) -> None:
@@ -80,6 +91,12 @@ async def test_a_batch_reads_its_setups_and_lines_by_key(db: Database) -> None:
     placements = [
         Placement("wsp_plans", s, f"req_{int(s[4:])}_1", f"+1999{i:07d}", Origin("provider"))
         for i, s in enumerate(setups)
+    ]
+    # And two for lines assigned already, to other numbers: what those lines hold now is
+    # read back to answer them (a conflict).
+    placements += [
+        Placement("wsp_plans", f"ims_{n:08d}", f"req_{n}_1", f"+1888{n:07d}", Origin("provider"))
+        for n in (1, 2)
     ]
     now = datetime.now(UTC)
     async with db.write() as conn:
@@ -92,7 +109,7 @@ async def test_a_batch_reads_its_setups_and_lines_by_key(db: Database) -> None:
         )
 
     assert sorted(found) == setups
-    assert [r.result.value for r in placed.results] == ["applied"] * BATCH
+    assert [r.result.value for r in placed.results] == ["applied"] * BATCH + ["conflict"] * 2
     assert [r[0] for r in statuses] == ["ACTIVE"]
     assert scans["imessage_setup"][0] == 0, scans
     assert scans["phone_line"][0] == 0, scans
