@@ -584,17 +584,46 @@ async def _streamed_curl(
 
 
 async def test_the_guides_operations_run(dev_server: DevServer) -> None:
+    """Each operation of the guide in its order, on the setup and line the create made:
+    rename, suspend, reactivate, release, close all succeed."""
     headers = {"Authorization": f"Bearer {dev_server.key}"}
+    ids: dict[str, str] = {}
     async with httpx.AsyncClient(base_url=dev_server.url, timeout=30) as http:
         for snippet in guide_snippets("graphql"):
             if snippet.text.lstrip().startswith("subscription"):
-                async with multipart_subscription(http, snippet.text, key=dev_server.key) as sub:
+                async with multipart_subscription(
+                    http, snippet.text, key=dev_server.key, variables=ids
+                ) as sub:
                     assert sub.response.status_code == 200, snippet
                 continue
-            answer = await http.post("/graphql", json={"query": snippet.text}, headers=headers)
+            answer = await http.post(
+                "/graphql", json={"query": snippet.text, "variables": ids}, headers=headers
+            )
             assert answer.status_code == 200, (snippet, answer.text)
             assert "errors" not in answer.json(), (snippet, answer.text)
-            assert answer.json()["data"]["createImessageSetup"]["userErrors"] == []
+            data = answer.json()["data"]
+            for payload in data.values():
+                if isinstance(payload, dict) and "userErrors" in payload:
+                    assert payload["userErrors"] == [], (snippet, payload)
+            if "createImessageSetup" in data:
+                setup = data["createImessageSetup"]["setup"]
+                ids = {"setupId": setup["id"], "phoneLineId": setup["phoneLines"][0]["id"]}
+    closed = await http_get_setup(dev_server, ids["setupId"])
+    assert closed["status"] == "CLOSED", closed
+
+
+async def http_get_setup(dev_server: DevServer, setup_id: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=dev_server.url, timeout=30) as http:
+        answer = await http.post(
+            "/graphql",
+            json={
+                "query": "query($id: ID!) { imessageSetup(id: $id) { status } }",
+                "variables": {"id": setup_id},
+            },
+            headers={"Authorization": f"Bearer {dev_server.key}"},
+        )
+    setup: dict[str, Any] = answer.json()["data"]["imessageSetup"]
+    return setup
 
 
 def frontend_project(directory: Path) -> Path:
