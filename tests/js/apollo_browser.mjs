@@ -147,6 +147,11 @@ runScript(async (args, partial) => {
       "the browser's reports of the refusals",
       5000,
     ).catch(() => {});
+    // A stream the allowed page ended may still be counted until the server next
+    // writes to it; a stream the stranger held would stay.
+    await until(async () => (await subscribers(args)) === baseline, "no subscribers", 5000).catch(
+      () => {},
+    );
     stranger.subscribers = await subscribers(args);
     return { ...partial, baseline };
   } finally {
