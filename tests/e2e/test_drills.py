@@ -42,6 +42,7 @@ from tests.support.followers import Follower
 from tests.support.pg_cluster import PrivateCluster, private_cluster
 from tests.support.redis_server import PrivateRedis
 from tests.support.tcp_proxy import ResettingProxy
+from tests.support.waiting import eventually
 from tests.support.ws import graphql_ws
 
 pytestmark = pytest.mark.e2e
@@ -91,24 +92,6 @@ query Detail($id: ID!) { imessageSetup(id: $id) { id status phoneLines { id stat
 # ------------------------------------------------------------------------ helpers
 
 
-async def eventually(
-    probe: Callable[[], Awaitable[T]],
-    done: Callable[[T], bool],
-    *,
-    timeout_s: float,
-    what: str,
-    interval_s: float = 0.1,
-) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await probe()
-        if done(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout_s} s; last: {_short(value)}")
-        await asyncio.sleep(interval_s)
-
-
 async def within(work: Awaitable[T], seconds: float, what: str) -> T:
     """``work``'s result, or a failure once ``seconds`` passed (where the test itself
     holds what the work waits for, waiting longer would wait forever)."""
@@ -116,11 +99,6 @@ async def within(work: Awaitable[T], seconds: float, what: str) -> T:
         return await asyncio.wait_for(work, seconds)
     except TimeoutError:
         pytest.fail(f"{what}: no answer within {seconds} s")
-
-
-def _short(value: object, limit: int = 1500) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
 
 
 @dataclass

@@ -11,9 +11,8 @@ import asyncio
 import re
 import signal
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -28,10 +27,10 @@ from tests.e2e.support import (
     printed_api_key,
 )
 from tests.support.asgi_server import free_port
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
-T = TypeVar("T")
 
 E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 
@@ -79,24 +78,6 @@ RECONCILE_SUMMARY = re.compile(
 
 
 # ------------------------------------------------------------------------- helpers
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]],
-    done: Callable[[T], bool],
-    *,
-    timeout_s: float = 10.0,
-    interval_s: float = 0.1,
-) -> T:
-    """Call ``probe`` until ``done`` holds for its result; fail with the last result."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await probe()
-        if done(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout_s} s; last value: {value!r}")
-        await asyncio.sleep(interval_s)
 
 
 async def upstream_subaccounts(

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
-from collections.abc import Awaitable, Callable
 from contextlib import closing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 from sqlalchemy import text
@@ -18,9 +16,8 @@ from sqlalchemy.engine import make_url
 
 from blueline.persistence.database import Database
 from tests.conftest import Api
+from tests.support.waiting import eventually as eventually  # re-exported for the tests
 from tests.support.ws import GraphQLSocket
-
-T = TypeVar("T")
 
 LINE = "id status phoneNumber requestId requestedAt assignedAt releasedAt"
 SETUP = (
@@ -164,24 +161,6 @@ async def audit_records(
     page = await audit_page(api, setup_id=setup_id, key=key)
     assert not page["pageInfo"]["hasNextPage"]
     return [edge["node"] for edge in page["edges"]]
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]],
-    done: Callable[[T], bool],
-    *,
-    timeout_s: float = 10.0,
-    interval_s: float = 0.05,
-) -> T:
-    """Call ``probe`` until ``done`` holds for its result; fail with the last result."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await probe()
-        if done(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s; last: {value!r}")
-        await asyncio.sleep(interval_s)
 
 
 # -- live updates
