@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from alembic import context
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
@@ -32,14 +36,33 @@ def _run(connection: Connection) -> None:
         context.run_migrations()
 
 
+@contextmanager
+def _sqlite_file_lock(url: str) -> Iterator[None]:
+    """Serialises migrations of one SQLite file across processes. SQLite runs DDL
+    outside the driver's implicit transactions, so two processes migrating an empty
+    file at once would each see the other's half-applied steps."""
+    database = make_url(url).database
+    if not url.startswith("sqlite") or not database or database == ":memory:":
+        yield
+        return
+    # flock, not the POSIX record locks SQLite itself takes: the two never conflict.
+    with Path(database).open("ab") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 async def _run_async() -> None:
     url = context.config.get_main_option("sqlalchemy.url")
     assert url is not None
     engine = create_engine(url)
     try:
-        async with engine.connect() as connection:
-            await connection.run_sync(_run)
-            await connection.commit()
+        with _sqlite_file_lock(url):
+            async with engine.connect() as connection:
+                await connection.run_sync(_run)
+                await connection.commit()
     finally:
         await engine.dispose()
 
