@@ -24,7 +24,15 @@ from litestar.types import Receive, Scope, Send
 
 from blueline.api import responses
 from blueline.api.auth import ApiKeyAuthentication
-from blueline.api.http import failure, graphql_handlers, unavailable
+from blueline.api.direct import Direct
+from blueline.api.http import (
+    failure,
+    graphql_handlers,
+    internal,
+    too_many,
+    unauthorized,
+    unavailable,
+)
 from blueline.api.live import Runner
 from blueline.api.operations import healthz, prometheus_metrics, readyz
 from blueline.api.schema import build_schema
@@ -109,13 +117,11 @@ def _is_graphql(request: Request[Any, Any, Any]) -> bool:
 
 
 def _unauthorized(request: Request[Any, Any, Any], exc: NotAuthorizedException) -> Response[Any]:
-    return failure(
-        401, str(exc.detail), responses.UNAUTHENTICATED, headers={"WWW-Authenticate": "Bearer"}
-    )
+    return unauthorized(str(exc.detail)).response()
 
 
 def _too_many(request: Request[Any, Any, Any], exc: TooManyRequestsException) -> Response[Any]:
-    return failure(429, str(exc.detail), responses.RATE_LIMITED, headers={"Retry-After": "1"})
+    return too_many(str(exc.detail)).response()
 
 
 # Framework refusals under /graphql, by status; any other is a bad request.
@@ -142,7 +148,7 @@ def _storage_unavailable(request: Request[Any, Any, Any], exc: StorageUnavailabl
     # holds): the request changed nothing, so the client is told to retry, not that
     # the server broke.
     if _is_graphql(request):
-        return unavailable()
+        return unavailable().response()
     return Response(
         {"error": "temporarily unavailable"},
         status_code=503,
@@ -152,19 +158,10 @@ def _storage_unavailable(request: Request[Any, Any, Any], exc: StorageUnavailabl
 
 
 def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    request_id = current_request_id() or ""
     logger.error("unexpected error answering %s", request.url.path, exc_info=exc)
     if _is_graphql(request):
-        return failure(
-            500,
-            "Unexpected error. Quote the requestId when you report it.",
-            responses.INTERNAL,
-        )
-    return Response(
-        {"error": "internal error", "requestId": request_id},
-        status_code=500,
-        media_type=MediaType.JSON,
-    )
+        return internal().response()
+    return responses.internal_plain(current_request_id()).response()
 
 
 def cors_config(settings: Settings) -> CORSConfig | None:
@@ -229,6 +226,7 @@ def create_app(settings: Settings) -> Litestar:
                 sockets.closing()
                 await sockets.stop()
 
+    cors = cors_config(settings)
     app = Litestar(
         route_handlers=handlers,
         lifespan=[lifespan],
@@ -243,7 +241,7 @@ def create_app(settings: Settings) -> Litestar:
             StorageUnavailable: _storage_unavailable,
             500: _internal,
         },
-        cors_config=cors_config(settings),
+        cors_config=cors,
         debug=False,
         openapi_config=None,
         # Logging is configured once by the process (CLI), not reconfigured per app.
@@ -251,7 +249,15 @@ def create_app(settings: Settings) -> Litestar:
     )
     # Outermost, so every answer (CORS preflights, errors from middleware) carries the
     # request id and every log line of the request names it.
-    app.asgi_handler = request_id_middleware(app.asgi_handler)
+    app.asgi_handler = request_id_middleware(
+        Direct(
+            app.asgi_handler,
+            app,
+            failures=auth_failures,
+            max_body_bytes=settings.graphql_max_body_bytes,
+            cors=cors,
+        )
+    )
     app.state.sockets = sockets  # for Server.shutdown, which starts before the lifespan's
     return app
 

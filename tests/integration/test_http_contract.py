@@ -28,6 +28,7 @@ from blueline.access import create_api_key, revoke_api_key
 from blueline.app import cors_config, create_app
 from blueline.persistence.database import Database
 from blueline.settings import Settings
+from blueline.webhooks.intake import MAX_BODY_BYTES
 from tests.conftest import Api, make_settings, served_like
 from tests.support.asgi_server import serve_asgi
 from tests.support.auth import authenticate
@@ -239,6 +240,62 @@ async def test_answers_to_a_listed_origin_carry_it_whatever_the_outcome(
         exposed = response.headers["access-control-expose-headers"].lower()
         assert "x-request-id" in exposed
         assert "retry-after" in exposed
+
+
+def _as_sent(response: httpx.Response) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers in order and body, with what differs per request made equal."""
+    request_id = response.headers.get("x-request-id", "")
+    headers = [
+        (name.lower(), b"-" if name.lower() in (b"date", b"x-request-id") else value)
+        for name, value in response.headers.raw
+    ]
+    body = (
+        response.content.replace(request_id.encode(), b"req_") if request_id else response.content
+    )
+    headers = [
+        (name, str(len(body)).encode() if name == b"content-length" else value)
+        for name, value in headers
+    ]
+    return response.status_code, headers, body
+
+
+@pytest.mark.parametrize("origin", [None, APP_ORIGIN, "https://evil.example"])
+async def test_answers_made_below_litestar_match_litestars_own_byte_for_byte(
+    api: Api, origin: str | None
+) -> None:
+    """``POST /graphql`` and webhook deliveries are answered below Litestar; a query
+    whose Accept also lists multipart, and a delivery to the path with a trailing
+    slash, still go through Litestar's handlers, so each pair must agree."""
+    key = {"Authorization": f"Bearer {api.key}"}
+    json_body = {"Content-Type": "application/json"}
+    cases: list[tuple[dict[str, str], bytes]] = [
+        (key | json_body, b'{"query":"{ imessageSetups(first: 2) { totalCount } }"}'),
+        (key | json_body, b'{"query":"{ imessageSetup(id: \\"nope\\") { id } }"}'),
+        (key | json_body, b'{"query":"{ nothing }"}'),
+        (key | json_body, b"{"),
+        (key | json_body, b'{"query":""}'),
+        (key | {"Content-Type": "text/plain"}, b'{"query":"{ __typename }"}'),
+        (json_body, b'{"query":"{ __typename }"}'),
+        ({"Authorization": "Bearer bl_wrong"} | json_body, b'{"query":"{ __typename }"}'),
+    ]
+    common = {"Origin": origin} if origin else {}
+    for headers, content in cases:
+        sent = common | headers
+        direct = await api.http.post("/graphql", content=content, headers=sent)
+        litestar = await api.http.post(
+            "/graphql",
+            content=content,
+            headers=sent | {"Accept": "multipart/mixed;subscriptionSpec=1.0, application/json"},
+        )
+        assert _as_sent(direct) == _as_sent(litestar), content
+
+    delivery = {"webhook-id": "msg_1", "webhook-timestamp": "1", "webhook-signature": "v1,x"}
+    oversized = b"{" + b" " * MAX_BODY_BYTES + b"}"
+    for headers, content in (({}, b"{}"), (delivery, b"{}"), (delivery, oversized)):
+        sent = common | headers | json_body
+        direct = await api.http.post("/webhooks/imessage/set_x", content=content, headers=sent)
+        litestar = await api.http.post("/webhooks/imessage/set_x/", content=content, headers=sent)
+        assert _as_sent(direct) == _as_sent(litestar), headers
 
 
 @pytest.mark.parametrize("origin", UNLISTED_ORIGINS)

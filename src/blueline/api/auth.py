@@ -15,6 +15,7 @@ from litestar.exceptions import NotAuthorizedException, TooManyRequestsException
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.types import ASGIApp
 
+from blueline.domain import Caller
 from blueline.rate_limit import RateLimiter
 from blueline.runtime import Runtime
 
@@ -24,6 +25,19 @@ TOO_MANY_FAILURES = "Too many requests with a missing or invalid API key from th
 
 def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     return connection.client.host if connection.client else "unknown"
+
+
+async def identify(
+    runtime: Runtime, failures: RateLimiter, address: str, authorization: str | None
+) -> Caller:
+    """The caller behind ``authorization``; raises what the client is refused with."""
+    if not failures.has_tokens(address):
+        raise TooManyRequestsException(TOO_MANY_FAILURES)
+    caller = await runtime.authenticator.authenticate(authorization)
+    if caller is None:
+        failures.allow(address)
+        raise NotAuthorizedException(UNAUTHORIZED)
+    return caller
 
 
 class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
@@ -37,11 +51,10 @@ class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
         if connection.scope.get("method") == "GET" and "query" not in connection.query_params:
             return AuthenticationResult(user=None, auth=None)  # the GraphiQL page itself
         runtime: Runtime = connection.app.state.runtime
-        address = client_address(connection)
-        if not self._failures.has_tokens(address):
-            raise TooManyRequestsException(TOO_MANY_FAILURES)
-        caller = await runtime.authenticator.authenticate(connection.headers.get("authorization"))
-        if caller is None:
-            self._failures.allow(address)
-            raise NotAuthorizedException(UNAUTHORIZED)
+        caller = await identify(
+            runtime,
+            self._failures,
+            client_address(connection),
+            connection.headers.get("authorization"),
+        )
         return AuthenticationResult(user=caller, auth=caller)

@@ -28,6 +28,7 @@ from blueline import graphiql
 from blueline.api import responses
 from blueline.api.auth import client_address
 from blueline.api.live import LiveEnd, Operation, Runner
+from blueline.api.responses import Answer
 from blueline.api.websocket import CLOSE_FORBIDDEN, Sockets
 from blueline.domain import Caller
 from blueline.observability.metrics import record_operation
@@ -74,32 +75,44 @@ def parse_request(body: bytes) -> GraphQLRequest | str:
     return GraphQLRequest(query, variables, name)
 
 
-def failure(
+def refusal(
     status: int, message: str, code: str, *, headers: dict[str, str] | None = None
-) -> Response[bytes]:
+) -> Answer:
     """A request-level failure, logged once with the id the client also gets."""
     request_id = current_request_id()
     logger.info("graphql request refused: %s (%s)", code, message)
     extra = {"requestId": request_id} if request_id else {}
-    return Response(
-        responses.errors_body(responses.error(message, code, **extra)),
-        status_code=status,
-        media_type=MediaType.JSON,
-        headers=headers,
-    )
+    return Answer(status, responses.errors_body(responses.error(message, code, **extra)), headers)
 
 
-def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response[bytes]:
-    return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers)
+def failure(
+    status: int, message: str, code: str, *, headers: dict[str, str] | None = None
+) -> Response[bytes]:
+    return refusal(status, message, code, headers=headers).response()
 
 
-def unavailable() -> Response[bytes]:
-    return failure(
+def unavailable() -> Answer:
+    return refusal(
         503,
         "The service is briefly unavailable; retry shortly",
         responses.UNAVAILABLE,
         headers={"Retry-After": "1"},
     )
+
+
+def unauthorized(message: str) -> Answer:
+    return refusal(401, message, responses.UNAUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
+
+
+def too_many(message: str) -> Answer:
+    return refusal(429, message, responses.RATE_LIMITED, headers={"Retry-After": "1"})
+
+
+INTERNAL_MESSAGE = "Unexpected error. Quote the requestId when you report it."
+
+
+def internal() -> Answer:
+    return refusal(500, INTERNAL_MESSAGE, responses.INTERNAL)
 
 
 def _split_unquoted(text: str, separator: str) -> list[str]:
@@ -150,17 +163,13 @@ def _caller(request: Request[Any, Any, Any]) -> Caller:
     return caller
 
 
-async def _run(
-    request: Request[Any, Any, Any],
-    runner: Runner,
-    payload: GraphQLRequest,
-    *,
-    via_get: bool,
-    sockets: Sockets | None = None,
-) -> Response[Any]:
+async def run_operation(
+    runner: Runner, caller: Caller, payload: GraphQLRequest, *, via_get: bool, accept: str
+) -> Answer | Operation:
+    """The answer to a request, or the subscription to stream when it asked for one
+    (``multipart/mixed`` in ``accept``) and may have it."""
     if not payload.query:
-        return failure(400, "No GraphQL query found in the request", responses.BAD_REQUEST)
-    caller = _caller(request)
+        return refusal(400, "No GraphQL query found in the request", responses.BAD_REQUEST)
     limits = runner.runtime.api_key_limits
     # Parsing and validating a new document is the costliest thing a request can make
     # us do before anything runs, so an exhausted key is refused before it, and every
@@ -171,38 +180,67 @@ async def _run(
     if not isinstance(prepared, Operation):
         limits.allow(caller.api_key_id)
         record_operation(caller.api_key_id, payload.operation_name, "error")
-        return _json(responses.encode({"errors": prepared}))
+        return Answer(200, responses.encode({"errors": prepared}))
     op = prepared
     if via_get and op.kind != OperationType.QUERY:
         limits.allow(caller.api_key_id)
-        return failure(405, "Only queries may be sent with GET", responses.METHOD_NOT_ALLOWED)
-    if op.kind == OperationType.SUBSCRIPTION and not accepts_multipart_subscription(
-        request.headers.get("accept", "")
-    ):
+        return refusal(405, "Only queries may be sent with GET", responses.METHOD_NOT_ALLOWED)
+    if op.kind == OperationType.SUBSCRIPTION and not accepts_multipart_subscription(accept):
         limits.allow(caller.api_key_id)
-        return failure(400, SUBSCRIBE_HOW, responses.SUBSCRIPTION_TRANSPORT)
+        return refusal(400, SUBSCRIBE_HOW, responses.SUBSCRIPTION_TRANSPORT)
     if not limits.allow(caller.api_key_id, op.cost):
         return _rate_limited()
     if op.kind == OperationType.SUBSCRIPTION:
-        assert sockets is not None  # only POST reaches here with a subscription
-        slot = _StreamSlot(client_address(request), caller)
-        if not sockets.admit(slot):
-            return failure(
-                503,
-                "Too many connections; try again later",
-                responses.UNAVAILABLE,
-                headers={"Retry-After": "1"},
-            )
-        return _multipart(runner, op, caller, slot, sockets)
+        return op
     body, storage_down = await runner.execute(op, caller, current_request_id())
     record_operation(caller.api_key_id, op.label, "unavailable" if storage_down else "ok")
     if storage_down:
         return unavailable()
-    return _json(body)
+    return Answer(200, body)
 
 
-def _rate_limited() -> Response[bytes]:
-    return failure(
+def before_body(content_type: str, content_length: str, max_body_bytes: int) -> Answer | None:
+    """What refuses a POST from its headers alone, before its body is read."""
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type not in (responses.JSON, responses.GRAPHQL_RESPONSE_JSON):
+        return refusal(
+            415,
+            "Send GraphQL as JSON: Content-Type: application/json",
+            responses.UNSUPPORTED_MEDIA_TYPE,
+        )
+    if content_length.isdigit() and int(content_length) > max_body_bytes:
+        return too_large(max_body_bytes)
+    return None
+
+
+async def answer_post(
+    runner: Runner, caller: Caller, body: bytes, accept: str
+) -> Answer | Operation:
+    payload = parse_request(body)
+    if isinstance(payload, str):
+        return refusal(400, f"Not a GraphQL request: {payload}", responses.BAD_REQUEST)
+    return await run_operation(runner, caller, payload, via_get=False, accept=accept)
+
+
+def _respond(
+    request: Request[Any, Any, Any], runner: Runner, result: Answer | Operation, sockets: Sockets
+) -> Response[Any]:
+    if isinstance(result, Answer):
+        return result.response()
+    caller = _caller(request)
+    slot = _StreamSlot(client_address(request), caller)
+    if not sockets.admit(slot):
+        return failure(
+            503,
+            "Too many connections; try again later",
+            responses.UNAVAILABLE,
+            headers={"Retry-After": "1"},
+        )
+    return _multipart(runner, result, caller, slot, sockets)
+
+
+def _rate_limited() -> Answer:
+    return refusal(
         429,
         "Too many requests for this API key; slow down",
         responses.RATE_LIMITED,
@@ -327,24 +365,20 @@ def graphql_handlers(
         middleware=middleware,
     )
     async def graphql_post(request: Request[Any, Any, Any], runner: Runner) -> Response[Any]:
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type not in (responses.JSON, responses.GRAPHQL_RESPONSE_JSON):
-            return failure(
-                415,
-                "Send GraphQL as JSON: Content-Type: application/json",
-                responses.UNSUPPORTED_MEDIA_TYPE,
-            )
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > max_body_bytes:
-            return _too_large(max_body_bytes)
+        # Only what api.direct passes on gets here (multipart subscriptions), but every
+        # POST would be answered the same way.
+        headers = request.headers
+        refused = before_body(
+            headers.get("content-type", ""), headers.get("content-length", ""), max_body_bytes
+        )
+        if refused is not None:
+            return refused.response()
         try:
             body = await request.body()
         except ClientException:
-            return _too_large(max_body_bytes)
-        payload = parse_request(body)
-        if isinstance(payload, str):
-            return failure(400, f"Not a GraphQL request: {payload}", responses.BAD_REQUEST)
-        return await _run(request, runner, payload, via_get=False, sockets=sockets)
+            return too_large(max_body_bytes).response()
+        result = await answer_post(runner, _caller(request), body, headers.get("accept", ""))
+        return _respond(request, runner, result, sockets)
 
     @get(GRAPHQL_PATH, middleware=middleware)
     async def graphql_get(request: Request[Any, Any, Any], runner: Runner) -> Response[Any]:
@@ -370,7 +404,14 @@ def graphql_handlers(
         if variables is not None and not isinstance(variables, dict):
             return failure(400, "`variables` must be an object", responses.BAD_REQUEST)
         payload = GraphQLRequest(params.get("query"), variables, params.get("operationName"))
-        return await _run(request, runner, payload, via_get=True)
+        result = await run_operation(
+            runner,
+            _caller(request),
+            payload,
+            via_get=True,
+            accept=request.headers.get("accept", ""),
+        )
+        return _respond(request, runner, result, sockets)
 
     handlers: list[Any] = [graphql_post, graphql_get]
     if not production:
@@ -394,5 +435,5 @@ def _wants_html(request: Request[Any, Any, Any]) -> bool:
     return "text/html" in accept
 
 
-def _too_large(limit: int) -> Response[bytes]:
-    return failure(413, f"The request is over {limit} bytes", responses.PAYLOAD_TOO_LARGE)
+def too_large(limit: int) -> Answer:
+    return refusal(413, f"The request is over {limit} bytes", responses.PAYLOAD_TOO_LARGE)

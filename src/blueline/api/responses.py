@@ -1,13 +1,15 @@
-"""GraphQL responses on the wire: one compact JSON encoding for every path (compiled
+"""Answers on the wire: one compact JSON encoding for every GraphQL path (compiled
 answers are spliced from SQL-built text, so both must agree byte for byte), and
 GraphQL-shaped bodies for every request-level failure."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from graphql import GraphQLError
+from litestar import MediaType, Response
 
 # Request-level failure codes (`extensions.code`), stable for clients to branch on.
 BAD_REQUEST = "BAD_REQUEST"
@@ -24,12 +26,31 @@ JSON = "application/json"
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A complete JSON answer, sent by Litestar or straight to ASGI (``api.direct``)."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] | None = None
+
+    def response(self) -> Response[bytes]:
+        return Response(
+            self.body, status_code=self.status, media_type=MediaType.JSON, headers=self.headers
+        )
+
+
 def encode(value: Any) -> bytes:
     try:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
     except UnicodeEncodeError:
         # A lone surrogate a client sent (echoed in an error) cannot be UTF-8: escape.
         return json.dumps(value, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def internal_plain(request_id: str | None) -> Answer:
+    """An unexpected failure outside GraphQL (webhooks, health)."""
+    return Answer(500, encode({"error": "internal error", "requestId": request_id or ""}))
 
 
 def error(message: str, code: str, **extensions: Any) -> dict[str, Any]:
