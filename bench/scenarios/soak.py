@@ -127,6 +127,9 @@ def slope_per_minute(points: list[tuple[float, float]]) -> float:
     return 60 * sum((t - mean_t) * (v - mean_v) for t, v in points) / spread
 
 
+ANSWER_TIMEOUT_S = 30.0
+
+
 async def paced(rate_per_s: float, deadline: float, action: Callable[[], Awaitable[bool]]) -> None:
     """Call ``action`` ``rate_per_s`` times a second until ``deadline`` (loop time) or
     until it returns False; falling behind does not cause a burst to catch up."""
@@ -342,7 +345,13 @@ async def soak(
 
     async def send(conn: Connection, kind: str, raw: bytes) -> bytes | None:
         try:
-            response = await conn.request(raw)
+            # Bounded, so an answer that never comes is counted as an error of its kind
+            # instead of stalling the run.
+            response = await asyncio.wait_for(conn.request(raw), ANSWER_TIMEOUT_S)
+        except TimeoutError:
+            tally.error(f"{kind}_timeout")
+            await conn.close()
+            return None
         except (HttpConnectionClosed, OSError, asyncio.IncompleteReadError):
             tally.error(f"{kind}_transport")
             return None
