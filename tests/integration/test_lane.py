@@ -37,6 +37,32 @@ async def test_a_clean_read_reuses_the_same_connection(db: Database) -> None:
     assert await backend_pid(db) == first
 
 
+async def test_a_write_commits_at_its_end_and_rolls_back_on_error(db: Database) -> None:
+    async with db.write() as conn:
+        await conn.execute("CREATE TEMP TABLE IF NOT EXISTS kept (n int)")
+        await conn.execute("TRUNCATE kept")
+
+    async def refused_half_way() -> None:
+        async with db.write() as conn:
+            await conn.execute("INSERT INTO kept VALUES (1)")
+            raise RuntimeError("refused half-way")
+
+    with pytest.raises(RuntimeError):
+        await refused_half_way()
+    async with db.write() as conn:
+        await conn.execute("INSERT INTO kept VALUES (2)")
+    async with db.read() as conn:
+        # The same connection, back outside any transaction, holds the commit only.
+        assert await conn.fetch("SELECT n FROM kept") == [(2,)]
+
+
+async def test_writes_plan_generically_and_reads_do_not(db: Database) -> None:
+    async with db.write() as conn:
+        assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+    async with db.read() as conn:
+        assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
+
+
 async def test_more_concurrent_work_than_connections_all_completes(db: Database) -> None:
     """Half the pool may sit in the lane; the other half keeps serving waiters."""
 
