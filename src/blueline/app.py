@@ -284,6 +284,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         ipaddress.ip_network(proxy, strict=False)  # checked at start-up already
     return {
         "log_level": "warning",
+        # Access lines are info, which warning drops, but uvicorn still formats each
+        # one's arguments (quoting the path) on every request.
+        "access_log": False,
         "ws": "websockets-sansio",
         # Line updates are small: compression costs more memory per socket (~34 KiB) and
         # CPU per frame than it saves.
