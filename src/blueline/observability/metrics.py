@@ -108,5 +108,14 @@ def operation_label(key_id: str, name: str | None) -> str:
     return label
 
 
+_counters: dict[tuple[str, str], Counter] = {}
+
+
 def record_operation(key_id: str, name: str | None, outcome: str) -> None:
-    metrics().graphql_requests.labels(operation_label(key_id, name), outcome).inc()
+    # Each labelled child is looked up once (labels are bounded above): labels() takes
+    # a lock and builds its key on every call.
+    key = (operation_label(key_id, name), outcome)
+    counter = _counters.get(key)
+    if counter is None:
+        counter = _counters[key] = metrics().graphql_requests.labels(*key)
+    counter.inc()
