@@ -102,7 +102,7 @@ class Runner:
                 else "Must provide operation name if query contains multiple operations."
             )
             return [responses.error(message, responses.BAD_REQUEST)]
-        coerced, errors = self.documents.coerce_variables(node, variables)
+        coerced, errors = self.documents.coerce_variables(node, variables, prepared)
         if errors:
             return responses.formatted(errors)
         return Operation(query, operation_name, node, prepared, variables, coerced)
@@ -116,7 +116,7 @@ class Runner:
         assert op.prepared.document is not None
         if not self.runtime.settings.compiled_reads:
             return None
-        key = plan_key(op.prepared.document, op.name, op.coerced)
+        key = plan_key(op.prepared, op.name, op.coerced)
         if key is None:
             return None
         plans = op.prepared.plans
@@ -168,7 +168,7 @@ class Runner:
         assert op.prepared.document is not None
         if not self.runtime.settings.compiled_reads:
             return None
-        key = plan_key(op.prepared.document, op.name, op.coerced)
+        key = plan_key(op.prepared, op.name, op.coerced)
         if key is None:
             return None
         plans = op.prepared.plans

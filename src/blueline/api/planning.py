@@ -41,6 +41,7 @@ from graphql import (
 )
 
 from blueline import readmodel as rm
+from blueline.api.documents import Prepared
 from blueline.persistence.reads import WORKSPACE_SLOT, root_slot, variable_slot
 from blueline.schema import arguments
 from blueline.selection import TYPENAME, Alternatives, Pick, QueryPlan, Selection, Slot
@@ -217,11 +218,14 @@ class PlanKey:
 
 
 def plan_key(
-    document: DocumentNode, operation_name: str | None, variables: dict[str, Any]
+    prepared: Prepared, operation_name: str | None, variables: dict[str, Any]
 ) -> PlanKey | None:
     """The plan cache key for these variables; None when too many variables steer
     ``@skip``/``@include`` to cache a plan per combination."""
-    names = _directive_variables(document)
+    names = prepared.directive_variables
+    if names is None:
+        assert prepared.document is not None
+        names = prepared.directive_variables = _directive_variables(prepared.document)
     if len(names) > _MAX_DIRECTIVE_VARIABLES:
         return None
     return PlanKey(operation_name, tuple((n, bool(variables.get(n))) for n in names))
