@@ -204,7 +204,7 @@ def main() -> None:
         backlog=4096,
         **options,  # as `blueline serve` runs it
     )
-    Server(config).run()
+    Server(config, owns_process=True).run()
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, **uvicorn_options(settings)
     )
-    Server(config).run()
+    Server(config, owns_process=True).run()
     return 0
 
 
