@@ -137,6 +137,26 @@ async def test_responses_carry_a_request_id(api: Api) -> None:
     assert generated.headers["x-request-id"].startswith("req_")
 
 
+@pytest.mark.parametrize("path", ["/webhooks/imessage/ims_x", "//webhooks/imessage/ims_x"])
+async def test_webhook_answers_carry_no_request_id_whatever_the_slashes(
+    api: Api, path: str
+) -> None:
+    """Every rejection is the same bytes: a per-request header would tell them apart."""
+    url = httpx.URL(api.base_url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: {url.host}\r\nX-Request-ID: chosen-by-client\r\n"
+            "Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n"
+            "\r\n{}".encode()
+        )
+        answer = (await reader.read()).lower()
+    finally:
+        writer.close()
+    assert answer.startswith(b"http/1.1 401"), answer
+    assert b"x-request-id" not in answer
+
+
 class TestProductionMode:
     @pytest.fixture
     def settings(self, database_url: str, sandbox_url: str, sandbox: httpx.AsyncClient) -> Settings:

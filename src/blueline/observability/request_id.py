@@ -35,7 +35,8 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
 
         # Webhook answers stay byte-identical across outcomes: a per-request header would
         # be one more thing to compare, so the id is only logged there.
-        echo = not str(scope.get("path", "")).startswith("/webhooks/")
+        # Routers fold repeated slashes, so `//webhooks/…` is a webhook too.
+        echo = not str(scope.get("path", "")).lstrip("/").startswith("webhooks/")
 
         async def send_with_id(message: Message) -> None:
             if echo and message["type"] == "http.response.start":
