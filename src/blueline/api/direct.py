@@ -116,7 +116,7 @@ class Direct:
         except Exception:
             logger.exception("unexpected error answering %s", GRAPHQL_PATH)
             answer = internal()
-        await self._send(send, answer, headers)
+        await self._send(send, answer, headers.get(b"origin", ""))
         return True
 
     async def _graphql_answer(
@@ -164,10 +164,9 @@ class Direct:
         except Exception:
             logger.exception("unexpected error answering a webhook")
             answer = internal_plain(current_request_id())
-        origin = _value(raw, b"origin")
-        await self._send(send, answer, {b"origin": origin} if origin else {})
+        await self._send(send, answer, _value(raw, b"origin"))
 
-    async def _send(self, send: Send, answer: Answer, headers: dict[bytes, str]) -> None:
+    async def _send(self, send: Send, answer: Answer, origin: str) -> None:
         body = answer.body
         out: Headers = [
             (name.lower().encode("latin-1"), value.encode("latin-1"))
@@ -175,7 +174,6 @@ class Direct:
         ]
         out.append((b"content-type", b"application/json"))
         out.append((b"content-length", str(len(body)).encode()))
-        origin = headers.get(b"origin")
         if origin and self._cors is not None:
             out.extend(self._cors_simple)
             if self._cors.is_origin_allowed(origin):

@@ -390,10 +390,9 @@ def simple_variables(
     for definition in operation.variable_definitions or ():
         if definition.default_value is not None or definition.directives:
             return None
-        type_node = definition.type
-        required = isinstance(type_node, NonNullTypeNode)
+        type_node, required = definition.type, False
         if isinstance(type_node, NonNullTypeNode):
-            type_node = type_node.type
+            type_node, required = type_node.type, True
         if not isinstance(type_node, NamedTypeNode):
             return None
         scalar = _PLAIN_SCALARS.get(type_node.name.value)
