@@ -172,13 +172,16 @@ class PrivateCluster:
         self._signal(signal.SIGCONT)
 
     def _signal(self, number: int) -> None:
-        for pid in self._pids():
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        # The server first: once it is stopped it forks no backend that the listing
+        # below would miss (one forked mid-listing went on answering queries).
+        os.kill(postmaster, number)
+        for pid in self._children(postmaster):
             # A backend may have exited since it was listed.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, number)
 
-    def _pids(self) -> list[int]:
-        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+    def _children(self, postmaster: int) -> list[int]:
         children = []
         for status in Path("/proc").glob("[0-9]*/status"):
             with contextlib.suppress(OSError):
@@ -186,7 +189,7 @@ class PrivateCluster:
                     if line.startswith("PPid:") and int(line.split()[1]) == postmaster:
                         children.append(int(status.parent.name))
                         break
-        return [postmaster, *children]
+        return children
 
     @property
     def running(self) -> bool:
