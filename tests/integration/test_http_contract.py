@@ -22,7 +22,7 @@ import httpx
 import pytest
 from litestar import Litestar
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from blueline.access import create_api_key, revoke_api_key
 from blueline.app import cors_config, create_app
@@ -328,6 +328,24 @@ async def test_websocket_from_a_listed_origin_is_accepted_and_authenticated(
                 '{"type":"connection_init","payload":{"Authorization":"Bearer ' + api.key + '"}}'
             )
             assert await ws.recv() == '{"type":"connection_ack"}'
+
+
+async def test_the_socket_path_takes_a_trailing_slash_and_only_json_text(
+    contract: Contract, api: Api
+) -> None:
+    async with connect(
+        ws_url(contract.url) + "/",
+        subprotocols=[TRANSPORT_WS],  # type: ignore[list-item]
+    ) as ws:
+        await ws.send(
+            '{"type":"connection_init","payload":{"Authorization":"Bearer ' + api.key + '"}}'
+        )
+        assert await ws.recv() == '{"type":"connection_ack"}'
+        await ws.send(b'{"type":"ping"}')
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+        assert ws.close_code == 4400
+        assert ws.close_reason == "Messages must be JSON text"
 
 
 async def test_clients_that_are_not_browsers_need_no_origin(contract: Contract) -> None:

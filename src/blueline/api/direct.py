@@ -1,12 +1,12 @@
-"""The two hottest routes, answered below Litestar: ``POST /graphql`` and a provider's
-``POST /webhooks/imessage/{id}``.
+"""The hottest routes, answered below Litestar: ``POST /graphql``, a provider's
+``POST /webhooks/imessage/{id}``, and the ``/graphql`` WebSocket.
 
 Litestar's routing, middleware stack, dependency resolution and response objects cost
 more per request than a compiled query or a batched webhook apply does. These two
 routes are answered here from the same functions Litestar's handlers call
 (authentication, the refusals, ``answer_post``, ``deliver``) and with the headers
-Litestar would send (CORS included). Whatever needs more than one JSON answer, a
-multipart subscription, goes on to Litestar, and so does every other route."""
+Litestar would send (CORS included); sockets are served by :func:`websocket.serve`.
+A multipart subscription goes on to Litestar, and so does every other route."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from litestar.config.cors import CORSConfig
 from litestar.exceptions import NotAuthorizedException, TooManyRequestsException
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from blueline.api import webhooks
+from blueline.api import webhooks, websocket
 from blueline.api.auth import identify
 from blueline.api.http import (
     GRAPHQL_PATH,
@@ -42,6 +42,9 @@ from blueline.webhooks.intake import MAX_BODY_BYTES, Outcome
 logger = logging.getLogger(__name__)
 
 Headers = list[tuple[bytes, bytes]]
+
+# Litestar's router took the socket with a trailing slash too.
+_SOCKET_PATHS = (GRAPHQL_PATH, GRAPHQL_PATH + "/")
 
 
 class _Gone(Exception):
@@ -73,6 +76,8 @@ class Direct:
         failures: RateLimiter,
         max_body_bytes: int,
         cors: CORSConfig | None,
+        sockets: websocket.Sockets,
+        allowed_origins: tuple[str, ...],
     ) -> None:
         self._app = app
         self._state = litestar.state
@@ -80,6 +85,8 @@ class Direct:
         self._max_body_bytes = max_body_bytes
         self._cors = cors
         self._cors_simple, self._cors_rest = cors_headers(cors)
+        self._sockets = sockets
+        self._allowed_origins = allowed_origins
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         http: Any = scope
@@ -95,6 +102,13 @@ class Direct:
                     if setup_id and "/" not in setup_id:
                         await self._webhook(runtime, setup_id, scope, receive, send)
                         return
+        elif http["type"] == "websocket" and scope["path"] in _SOCKET_PATHS:
+            runner: Runner | None = getattr(self._state, "runner", None)
+            if runner is not None:
+                await websocket.serve(
+                    scope, receive, send, runner, self._allowed_origins, self._sockets
+                )
+                return
         await self._app(scope, receive, send)
 
     async def _graphql(self, runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> bool:

@@ -15,6 +15,10 @@ the same rules on both.
   1012 and a slow consumer with 4500 (both: reconnect with ``after``).
 - Pings come from one ticker for every socket, not a task per socket, and every task a
   socket starts ends with it.
+
+Sockets are served straight on ASGI (:func:`serve`, called below Litestar): Litestar's
+routing, dependency resolution and connection wrapper cost more per socket opened than
+the handshake itself, and its wrapper adds a call to every frame sent.
 """
 
 from __future__ import annotations
@@ -24,12 +28,11 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from graphql import OperationType
-from litestar import WebSocket, websocket
-from litestar.exceptions import WebSocketDisconnect
+from litestar.types import Receive, Scope, Send
 
 from blueline.api import responses
 from blueline.api.auth import TOO_MANY_FAILURES
@@ -162,18 +165,61 @@ class Sockets:
                 session.ping_soon()
 
 
+class Disconnected(Exception):
+    """The peer has gone: nothing more can be received or sent."""
+
+
+class Socket:
+    """One WebSocket on ASGI: accept, receive text, send text, close."""
+
+    __slots__ = ("_gone", "_receive", "_send")
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+        self._gone = False
+
+    async def accept(self, subprotocol: str | None) -> None:
+        if (await self._receive())["type"] != "websocket.connect":
+            self._gone = True
+            raise Disconnected
+        await self._send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": []})
+
+    async def receive_text(self) -> str:
+        """The next message's text; empty for a binary one."""
+        if self._gone:
+            raise Disconnected
+        message: Any = await self._receive()
+        if message["type"] != "websocket.receive":
+            self._gone = True
+            raise Disconnected
+        text = message.get("text")
+        return text if isinstance(text, str) else ""
+
+    async def send_text(self, text: str) -> None:
+        if self._gone:
+            raise Disconnected
+        await self._send({"type": "websocket.send", "bytes": None, "text": text})
+
+    async def close(self, code: int, reason: str = "") -> None:
+        """Before ``accept`` this refuses the handshake (403)."""
+        if self._gone:
+            raise Disconnected
+        await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+
 class Session:
     """One socket: its protocol, its caller once initialised, its operations."""
 
     def __init__(
-        self, socket: WebSocket[Any, Any, Any], protocol: str, runner: Runner, sockets: Sockets
+        self, socket: Socket, client: str, protocol: str, runner: Runner, sockets: Sockets
     ) -> None:
         self.socket = socket
         self.protocol = protocol
         self.runner = runner
         self.sockets = sockets
         self.settings = runner.runtime.settings
-        self.client = socket.client.host if socket.client else "unknown"
+        self.client = client
         self.caller: Caller | None = None
         self.request_id = current_request_id()
         self._initialised = False
@@ -189,7 +235,7 @@ class Session:
         try:
             await self.socket.send_text(text)
             return True
-        except (WebSocketDisconnect, RuntimeError, OSError):
+        except (Disconnected, RuntimeError, OSError):
             self._closed = True
             return False
 
@@ -224,13 +270,17 @@ class Session:
         deadline = loop.time() + self.settings.ws_init_timeout_s
         try:
             while not self._closed:
-                timeout = None if self._initialised else max(deadline - loop.time(), 0)
                 try:
-                    raw = await asyncio.wait_for(self.socket.receive_data(mode="text"), timeout)
+                    if self._initialised:
+                        raw = await self.socket.receive_text()
+                    else:
+                        # A timer on this task, not a task per message as wait_for makes.
+                        async with asyncio.timeout_at(deadline):
+                            raw = await self.socket.receive_text()
                 except TimeoutError:
                     await self.close(CLOSE_INIT_TIMEOUT, "Connection initialisation timeout")
                     return
-                if not isinstance(raw, str) or not raw:
+                if not raw:
                     await self.close(CLOSE_BAD_MESSAGE, "Messages must be JSON text")
                     return
                 try:
@@ -242,7 +292,7 @@ class Session:
                     await self.close(CLOSE_BAD_MESSAGE, "Messages need a string `type`")
                     return
                 await self._handle(message)
-        except WebSocketDisconnect:
+        except Disconnected:
             self._closed = True
         finally:
             for task in tuple(self._operations.values()):
@@ -425,8 +475,7 @@ def _rate_limited() -> dict[str, Any]:
     return responses.error("Too many requests for this API key; slow down", responses.RATE_LIMITED)
 
 
-def _origin_allowed(socket: WebSocket[Any, Any, Any], allowed: tuple[str, ...]) -> bool:
-    origin = socket.headers.get("origin")
+def _origin_allowed(origin: str | None, host: str, allowed: tuple[str, ...]) -> bool:
     if origin is None:
         return True  # not a browser: no ambient credentials to abuse
     normalized = normalize_origin(origin)
@@ -434,33 +483,51 @@ def _origin_allowed(socket: WebSocket[Any, Any, Any], allowed: tuple[str, ...]) 
         return False
     if normalized in allowed:
         return True
-    host = socket.headers.get("host", "")
     return normalized.split("://", 1)[1] == host.lower()
 
 
-def websocket_handler(allowed_origins: tuple[str, ...], sockets: Sockets) -> Callable[..., Any]:
-    # One injected dependency: Litestar resolves two or more in an anyio task group,
-    # a task per dependency on every connection.
-    @websocket("/graphql")
-    async def graphql_ws(socket: WebSocket[Any, Any, Any], runner: Runner) -> None:
-        if not _origin_allowed(socket, allowed_origins):
+async def serve(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    runner: Runner,
+    allowed_origins: tuple[str, ...],
+    sockets: Sockets,
+) -> None:
+    """Serve one ``/graphql`` WebSocket from its handshake to its close."""
+    ws: Any = scope
+    origin: str | None = None
+    host = ""
+    for name, value in ws["headers"]:
+        if name == b"origin" and origin is None:
+            origin = value.decode("latin-1")
+        elif name == b"host" and not host:
+            host = value.decode("latin-1")
+    socket = Socket(receive, send)
+    try:
+        if not _origin_allowed(origin, host, allowed_origins):
             logger.info("refused a WebSocket from an origin not in BLUELINE_CORS_ORIGINS")
-            await socket.close(code=1008)  # before accept: the handshake answers 403
+            await socket.close(1008)  # before accept: the handshake answers 403
             return
-        offered = socket.scope.get("subprotocols") or []
+        offered = ws.get("subprotocols") or []
         protocol = next((p for p in PROTOCOLS if p in offered), None)
-        await socket.accept(subprotocols=protocol)
+        await socket.accept(protocol)
         if protocol is None:
-            await socket.close(code=CLOSE_SUBPROTOCOL, reason="Subprotocol not acceptable")
+            await socket.close(CLOSE_SUBPROTOCOL, "Subprotocol not acceptable")
             return
-        session = Session(socket, protocol, runner, sockets)
+        peer = ws.get("client")
+        client = str(peer[0]) if peer else "unknown"
+        session = Session(socket, client, protocol, runner, sockets)
         if not sockets.admit(session):
             await session.close(CLOSE_TRY_AGAIN, "Too many connections; try again later")
             return
         try:
             await session.run()
+        except Exception:
+            logger.exception("unexpected error on a WebSocket")
+            await session.close(1011, "Unexpected error; reconnect")
         finally:
             sockets.leave(session)
             await session.close(1000, "")
-
-    return graphql_ws
+    except (Disconnected, OSError):
+        return  # gone during the handshake
