@@ -152,6 +152,15 @@ async def run(ctx: RunContext) -> ScenarioResult:
                             for n, line in enumerate(extra):
                                 raw = assignment(line, seeded.secret, 10_000 + n).request(b.port)
                                 await fan_out_once(conn, raw, subs, line.line_id)
+                        # Opening is measured above; sample it separately, on sockets
+                        # that are closed again at once.
+                        async with ctx.profiling([b], "fanout-open") as open_profile:
+                            more = await open_many(
+                                subscribers // 4,
+                                lambda: open_subscription(b.base_url, seeded.api_key, SUBSCRIPTION),
+                            )
+                        await close_many([s.ws for s in more])
+                        profile = {"event": profile, "opening": open_profile}
                 finally:
                     await conn.close()
             finally:
