@@ -17,8 +17,8 @@ the same rules on both.
   socket starts ends with it.
 
 Sockets are served straight on ASGI (:func:`serve`, called below Litestar): Litestar's
-routing, dependency resolution and connection wrapper cost more per socket opened than
-the handshake itself, and its wrapper adds a call to every frame sent.
+routing, dependency resolution and connection wrapper were about a seventh of the
+server's CPU per socket opened, and the wrapper added a call to every frame sent.
 """
 
 from __future__ import annotations
