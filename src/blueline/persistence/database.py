@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -42,6 +43,8 @@ from blueline.persistence.dialect import POSTGRESQL, SQLITE, Dialect
 from blueline.persistence.failures import unavailable
 from blueline.persistence.lane import Lane
 from blueline.settings import is_loopback_host
+
+logger = logging.getLogger(__name__)
 
 # Execution option marking a connection that only reads (SQLite then begins deferred).
 READ_ONLY = "blueline_read_only"
@@ -216,6 +219,7 @@ class AlchemyConnection:
 # a third of a webhook apply's time in the database). Reads keep the default, since the
 # compiled list's plan does depend on whether a cursor was given.
 _BEGIN_WRITE = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan"
+_CLOSE_TIMEOUT_S = 5.0
 
 
 class Database:
@@ -293,10 +297,9 @@ class Database:
                             "statement_timeout": str(int(limits.statement_timeout_s * 1000))
                         },
                     )
-                    # Half the pool at most: the rest keeps circulating for waiters.
                     self._lane = Lane(
                         self._raw_pool,
-                        limits.raw_pool_size // 2,
+                        limits.raw_pool_size,
                         acquire_timeout_s=limits.pool_timeout_s,
                     )
         return self._raw_pool
@@ -345,7 +348,14 @@ class Database:
             if self._lane is not None:
                 lane, self._lane = self._lane, None
                 await lane.close()
-            await pool.close()
+            try:
+                # close() waits for every connection to come back: bounded, so a
+                # connection something still holds cannot keep the process from ending.
+                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                    await pool.close()
+            except TimeoutError:
+                logger.warning("database connections still in use at shutdown: closed")
+                pool.terminate()
         await self.engine.dispose()
 
 
