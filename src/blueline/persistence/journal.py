@@ -72,6 +72,52 @@ def changes_text(changes: Mapping[str, tuple[Any, Any]] | None) -> str:
     )
 
 
+def advance_sql(counts: str) -> str:
+    """The UPDATE that locks the workspaces named by ``counts`` (a table ``c`` of ``id,
+    events, audits``) and reserves that many event and audit numbers in each: the
+    counters' new tops come back with the chain's head (see :meth:`Reserved.of`)."""
+    return (
+        "UPDATE workspace SET event_seq = workspace.event_seq + c.events, "
+        f"audit_seq = workspace.audit_seq + c.audits FROM {counts} WHERE workspace.id = c.id "
+        "RETURNING workspace.id, workspace.event_seq, workspace.audit_seq, workspace.audit_head"
+    )
+
+
+@dataclass(frozen=True)
+class Reserved:
+    """Numbers reserved in one workspace by :func:`advance_sql`, as its row came back."""
+
+    workspace_id: str
+    first_event: int
+    first_audit: int
+    head: str
+    events: int
+    audits: int
+
+    @classmethod
+    def of(cls, row: Sequence[Any], counts: Mapping[str, tuple[int, int]]) -> Reserved:
+        """From a row :func:`advance_sql` returned, given the counts it reserved."""
+        workspace_id, event_top, audit_top, head = row
+        events, audits = counts[str(workspace_id)]
+        return cls(
+            workspace_id=str(workspace_id),
+            first_event=int(event_top) - events + 1,
+            first_audit=int(audit_top) - audits + 1,
+            head=str(head),
+            events=events,
+            audits=audits,
+        )
+
+
+def counts_of(entries: Sequence[Entry]) -> dict[str, tuple[int, int]]:
+    """Events and audit records per workspace, as the entries will write them."""
+    counts: dict[str, tuple[int, int]] = {}
+    for entry in entries:
+        events, audits = counts.get(entry.workspace_id, (0, 0))
+        counts[entry.workspace_id] = (events + len(entry.events), audits + len(entry.audits))
+    return counts
+
+
 _AUDIT_COLUMNS: tuple[tuple[str, Any], ...] = (
     ("id", "text"),
     ("workspace_id", "text"),
@@ -93,13 +139,8 @@ class Journal:
         self._dialect = d = dialect
         self._sealer = sealer
         p = d.placeholder
-        self._advance = (
-            "UPDATE workspace SET event_seq = workspace.event_seq + c.events, "
-            "audit_seq = workspace.audit_seq + c.audits FROM "
-            + d.rows(1, "c", (("id", "text"), ("events", "bigint"), ("audits", "bigint")))
-            + " WHERE workspace.id = c.id "
-            "RETURNING workspace.id, workspace.event_seq, workspace.audit_seq, "
-            "workspace.audit_head"
+        self._advance = advance_sql(
+            d.rows(1, "c", (("id", "text"), ("events", "bigint"), ("audits", "bigint")))
         )
         b = SqlBuilder(d)
         line = b.alias()
@@ -172,24 +213,33 @@ class Journal:
                 await conn.execute(sql, args)
             return [[] for _ in entries]
         d = self._dialect
-        counts: dict[str, list[int]] = {}
-        for entry in entries:
-            count = counts.setdefault(entry.workspace_id, [0, 0])
-            count[0] += len(entry.events)
-            count[1] += len(entry.audits)
+        counts = counts_of(entries)
         # Sorted, so concurrent batches lock workspaces in one order.
         rows = [{"id": ws, "events": n[0], "audits": n[1]} for ws, n in sorted(counts.items())]
         returned = await run_together(conn, d, [*along, (self._advance, (d.rows_value(rows),))])
-        next_event: dict[str, int] = {}
-        next_audit: dict[str, int] = {}
-        heads: dict[str, str] = {}
-        for workspace_id, event_top, audit_top, head in returned:
-            n_events, n_audits = counts[str(workspace_id)]
-            next_event[str(workspace_id)] = int(event_top) - n_events + 1
-            next_audit[str(workspace_id)] = int(audit_top) - n_audits + 1
-            heads[str(workspace_id)] = str(head)
-        if set(next_event) != set(counts):
+        return await self.write(conn, entries, [Reserved.of(row, counts) for row in returned], now)
+
+    async def write(
+        self,
+        conn: SqlConnection,
+        entries: Sequence[Entry],
+        reserved: Sequence[Reserved],
+        now: datetime,
+        along: Sequence[tuple[str, Sequence[Any]]] = (),
+    ) -> list[list[LiveEvent]]:
+        """Write the entries with the numbers ``reserved`` for them in this transaction
+        (by :func:`advance_sql`, whose workspace locks are held to commit); ``along``
+        goes in the same round trip. Each entry's events to publish after commit."""
+        d = self._dialect
+        counts = counts_of([e for e in entries if e.events or e.audits])
+        got = {r.workspace_id: r for r in reserved}
+        if set(got) != set(counts):
             raise LookupError("a change named a workspace that does not exist")
+        if any((got[ws].events, got[ws].audits) != n for ws, n in counts.items()):
+            raise RuntimeError("the numbers reserved do not match the changes to write")
+        next_event = {ws: r.first_event for ws, r in got.items()}
+        next_audit = {ws: r.first_audit for ws, r in got.items()}
+        heads = {ws: r.head for ws, r in got.items()}
 
         pending: list[_Pending] = []
         event_rows: list[dict[str, Any]] = []
@@ -231,7 +281,7 @@ class Journal:
 
         # One round trip for the rest: audit records and heads, then the events (whose
         # snapshots come back to be published).
-        parts: list[tuple[str, Sequence[Any]]] = []
+        parts: list[tuple[str, Sequence[Any]]] = list(along)
         if audit_rows:
             changed = sorted(ws for ws, n in counts.items() if n[1])
             parts.append((self._insert_audits, (d.rows_value(audit_rows), d.timestamp(now))))
@@ -244,6 +294,8 @@ class Journal:
                 (self._insert_events, (d.rows_value(event_rows), d.timestamp(now), setups))
             )
         payloads: dict[str, str] = {}
+        if not parts:
+            return [[] for _ in entries]
         rows_back = await run_together(conn, d, parts)
         if event_rows:
             for row_id, payload in rows_back:

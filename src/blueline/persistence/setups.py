@@ -9,6 +9,7 @@ to the same answer for every combination).
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,15 +17,22 @@ from typing import Any
 from blueline.domain import LineStatus, SetupState, SetupStatus
 from blueline.persistence.database import SqlConnection
 from blueline.persistence.dialect import Dialect, sql_literal
+from blueline.persistence.journal import Reserved, advance_sql
 
 
-def derived_status_sql(alias: str) -> str:
+def derived_status_sql(alias: str, assigned_also: str | None = None) -> str:
+    """``assigned_also``: a query of setup ids that have an assigned line the statement
+    cannot see yet (one assigned by another part of the same statement)."""
+    assigned = (
+        f"EXISTS (SELECT 1 FROM phone_line dl WHERE dl.setup_id = {alias}.id "
+        f"AND dl.status = {sql_literal(LineStatus.ASSIGNED)})"
+    )
+    if assigned_also is not None:
+        assigned = f"({assigned} OR {alias}.id IN ({assigned_also}))"
     return (
         f"CASE WHEN {alias}.closed_at IS NOT NULL THEN {sql_literal(SetupStatus.CLOSED)} "
         f"WHEN {alias}.suspended_at IS NOT NULL THEN {sql_literal(SetupStatus.SUSPENDED)} "
-        f"WHEN EXISTS (SELECT 1 FROM phone_line dl WHERE dl.setup_id = {alias}.id "
-        f"AND dl.status = {sql_literal(LineStatus.ASSIGNED)}) "
-        f"THEN {sql_literal(SetupStatus.ACTIVE)} "
+        f"WHEN {assigned} THEN {sql_literal(SetupStatus.ACTIVE)} "
         f"ELSE {sql_literal(SetupStatus.PENDING)} END"
     )
 
@@ -148,12 +156,6 @@ class SetupStore:
             f"{p(3, 'text')}, {p(4, 'text')}, {p(5, 'text')}, {p(6, 'text')}, "
             f"{p(7, 'timestamptz')}, {p(8, 'timestamptz')})"
         )
-        self._assign = (
-            f"UPDATE phone_line SET status = {sql_literal(LineStatus.ASSIGNED)}, "
-            f"phone_number = {p(3, 'text')}, assigned_at = {p(4, 'timestamptz')} "
-            f"WHERE setup_id = {p(1, 'text')} AND request_id = {p(2, 'text')} "
-            f"AND status = {sql_literal(LineStatus.PENDING)} RETURNING id"
-        )
         self._release = (
             f"UPDATE phone_line SET status = {sql_literal(LineStatus.RELEASED)}, "
             f"released_at = {p(2, 'timestamptz')} WHERE id = {p(1, 'text')} "
@@ -259,26 +261,53 @@ class SetupStore:
         # The batch's setups are locked first, in id order, as every other writer takes
         # them (setup, then its lines, then the workspace): a batch never deadlocks
         # with a lifecycle change of one of its setups. One statement either way.
-        self._assign_many = (
-            "WITH locked AS (SELECT s.id FROM imessage_setup s WHERE "
-            f"{d.member_of('s.id', 3)} ORDER BY s.id{d.lock_rows}) "
+        locked = (
+            "locked AS (SELECT s.id FROM imessage_setup s WHERE "
+            f"{d.member_of('s.id', 3)} ORDER BY s.id{d.lock_rows})"
+        )
+        assign = (
             f"UPDATE phone_line SET status = {sql_literal(LineStatus.ASSIGNED)}, "
             f"phone_number = b.number, assigned_at = {p(2, 'timestamptz')} FROM "
             + d.rows(1, "b", (("setup_id", "text"), ("request_id", "text"), ("number", "text")))
             + " WHERE phone_line.setup_id = b.setup_id AND phone_line.request_id = b.request_id "
             f"AND phone_line.status = {sql_literal(LineStatus.PENDING)} "
             "AND b.setup_id IN (SELECT id FROM locked) "
-            "RETURNING phone_line.id, phone_line.setup_id, phone_line.request_id"
+            "RETURNING phone_line.id, phone_line.setup_id, phone_line.request_id, "
+            "phone_line.workspace_id"
+        )
+        self._assign_many = f"WITH {locked} {assign}"
+        self._statuses = (
+            f"UPDATE imessage_setup SET status = {derived_status_sql('imessage_setup')}, "
+            f"updated_at = {p(2, 'timestamptz')} WHERE {d.member_of('id', 1)}"
+        )
+        # The same three steps as one statement on PostgreSQL (a round trip and a
+        # statement fewer per batch): the assignment, the statuses it moves, and the
+        # journal's numbers for what it applied. Each step reads the one before, so
+        # the locks come in the order every writer takes them: setups, lines, then
+        # the workspace. Nothing is reserved for an assignment that did not apply.
+        reserve = advance_sql(
+            f"(SELECT workspace_id AS id, count(*) * {p(4, 'bigint')} AS events, "
+            f"count(*) * {p(5, 'bigint')} AS audits FROM assigned GROUP BY workspace_id) AS c"
+        )
+        self._assign_reserving = (
+            f"WITH {locked}, assigned AS ({assign}), "
+            "statuses AS (UPDATE imessage_setup SET status = "
+            f"{derived_status_sql('imessage_setup', 'SELECT setup_id FROM assigned')}, "
+            f"updated_at = {p(2, 'timestamptz')} WHERE {d.member_of('id', 3)} "
+            "AND id IN (SELECT setup_id FROM assigned)), "
+            f"reserved AS ({reserve}) "
+            "SELECT a.id, a.setup_id, a.request_id, a.workspace_id, NULL::bigint, NULL::bigint, "
+            "NULL::text FROM assigned a UNION ALL "
+            "SELECT NULL, NULL, NULL, r.id, r.event_seq, r.audit_seq, r.audit_head FROM reserved r"
+        )
+        self._reserve_rows = advance_sql(
+            d.rows(1, "c", (("id", "text"), ("events", "bigint"), ("audits", "bigint")))
         )
         self._lines_by_requests = (
             "SELECT l.id, l.setup_id, l.workspace_id, l.status, l.phone_number, l.request_id "
             "FROM phone_line l JOIN "
             + d.rows(1, "b", (("setup_id", "text"), ("request_id", "text")))
             + " ON l.setup_id = b.setup_id AND l.request_id = b.request_id"
-        )
-        self._statuses = (
-            f"UPDATE imessage_setup SET status = {derived_status_sql('imessage_setup')}, "
-            f"updated_at = {p(2, 'timestamptz')} WHERE {d.member_of('id', 1)}"
         )
 
     def ts(self, value: datetime) -> Any:
@@ -365,29 +394,46 @@ class SetupStore:
             assigned,
         )
 
-    async def assign(
-        self, conn: SqlConnection, setup_id: str, request_id: str, number: str, now: datetime
-    ) -> str | None:
-        """The line id if a pending line moved to ASSIGNED (forward only; the conditional
-        UPDATE is also the lock: of two concurrent deliveries one updates the row)."""
-        value = await conn.fetchval(self._assign, (setup_id, request_id, number, self.ts(now)))
-        return None if value is None else str(value)
-
-    async def assign_many(
-        self, conn: SqlConnection, items: list[tuple[str, str, str]], now: datetime
-    ) -> dict[tuple[str, str], str]:
-        """Pending lines moved to ASSIGNED (forward only), by (setup id, request id); at
-        most one item per line (the caller's batch keeps them apart)."""
+    async def assign_reserving(
+        self,
+        conn: SqlConnection,
+        items: list[tuple[str, str, str]],
+        now: datetime,
+        per_assignment: tuple[int, int],
+    ) -> tuple[dict[tuple[str, str], str], list[Reserved]]:
+        """:meth:`assign_many`, the statuses of the setups it moved recomputed, and the
+        journal's numbers reserved for what it applied (``per_assignment``: events and
+        audit records each), its workspaces locked to commit. One statement on
+        PostgreSQL; on SQLite, whose write lock already serialises writers, three."""
+        d = self.dialect
         rows = [{"setup_id": s, "request_id": r, "number": n} for s, r, n in items]
         setups = sorted({row["setup_id"] for row in rows})
-        found = await conn.fetch(
-            self._assign_many,
-            (self.dialect.rows_value(rows), self.ts(now), self.dialect.members(setups)),
-        )
-        return {
+        events, audits = per_assignment
+        if d.is_postgresql:
+            found = await conn.fetch(
+                self._assign_reserving,
+                (d.rows_value(rows), self.ts(now), d.members(setups), events, audits),
+            )
+            lines = [row[:4] for row in found if row[0] is not None]
+            counters = [row[3:] for row in found if row[0] is None]
+        else:
+            lines = await conn.fetch(
+                self._assign_many, (d.rows_value(rows), self.ts(now), d.members(setups))
+            )
+            counters = []
+        per_workspace = Counter(str(line[3]) for line in lines)
+        counts = {ws: (n * events, n * audits) for ws, n in per_workspace.items()}
+        if lines and not d.is_postgresql:
+            moved = sorted({str(line[1]) for line in lines})
+            await conn.execute(self._statuses, (d.members(moved), self.ts(now)))
+            reserve = [{"id": w, "events": e, "audits": a} for w, (e, a) in sorted(counts.items())]
+            counters = await conn.fetch(self._reserve_rows, (d.rows_value(reserve),))
+        reserved = [Reserved.of(row, counts) for row in counters]
+        applied = {
             (str(setup_id), str(request_id)): str(line_id)
-            for line_id, setup_id, request_id in found
+            for line_id, setup_id, request_id, _workspace in lines
         }
+        return applied, reserved
 
     async def lines_by_requests(
         self, conn: SqlConnection, pairs: list[tuple[str, str]]
@@ -396,10 +442,6 @@ class SetupStore:
         found = await conn.fetch(self._lines_by_requests, (self.dialect.rows_value(rows),))
         lines = [_line(row) for row in found]
         return {(line.setup_id, line.request_id or ""): line for line in lines}
-
-    def statuses_update(self, setup_ids: list[str], now: datetime) -> tuple[str, tuple[Any, ...]]:
-        """The statement recomputing these setups' statuses, to send along with others."""
-        return self._statuses, (self.dialect.members(setup_ids), self.ts(now))
 
     async def release(self, conn: SqlConnection, line_id: str, now: datetime) -> bool:
         return await conn.fetchval(self._release, (line_id, self.ts(now))) is not None

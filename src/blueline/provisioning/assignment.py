@@ -18,7 +18,7 @@ from typing import Any
 from blueline.domain import AuditAction, LineStatus, Origin, SetupChange
 from blueline.persistence.database import SqlConnection
 from blueline.persistence.eventlog import LiveEvent
-from blueline.persistence.journal import Audit, Change, Entry, Journal
+from blueline.persistence.journal import Audit, Change, Entry, Journal, Reserved
 from blueline.persistence.setups import SetupStore
 
 
@@ -50,13 +50,18 @@ class Assigned:
 
 @dataclass
 class Placed:
-    """A batch's lines placed, its journal entries not yet written."""
+    """A batch's lines placed and their statuses recomputed, the journal's numbers
+    reserved for them, its entries not yet written."""
 
     results: list[Assigned]
     entries: list[Entry]
     setups: list[str]
-    # Sent with the journal's first round trip: the statuses the assignments moved.
-    along: list[tuple[str, Sequence[Any]]] = field(default_factory=list)
+    reserved: list[Reserved]
+
+
+# What each applied assignment journals (see ``_journaled``): its numbers are reserved
+# in the statement that applies it.
+_PER_ASSIGNMENT = (1, 1)
 
 
 class Assigner:
@@ -90,8 +95,11 @@ class Assigner:
         delivery log) before :meth:`finish` takes it, which it then holds to commit.
         """
         store = self._store
-        applied = await store.assign_many(
-            conn, [(p.setup_id, p.request_id, p.phone_number) for p in placements], now
+        applied, reserved = await store.assign_reserving(
+            conn,
+            [(p.setup_id, p.request_id, p.phone_number) for p in placements],
+            now,
+            _PER_ASSIGNMENT,
         )
         missing = [
             (p.setup_id, p.request_id)
@@ -106,24 +114,7 @@ class Assigner:
             line_id = applied.get(key)
             if line_id is not None:
                 results.append(Assigned(AssignResult.APPLIED, line_id=line_id))
-                entries.append(
-                    Entry(
-                        p.workspace_id,
-                        p.origin,
-                        [Change(SetupChange.LINE_ASSIGNED, p.setup_id, line_id)],
-                        [
-                            Audit(
-                                AuditAction.LINE_ASSIGNED,
-                                p.setup_id,
-                                line_id,
-                                {
-                                    "status": (LineStatus.PENDING.value, LineStatus.ASSIGNED.value),
-                                    "phoneNumber": (None, p.phone_number),
-                                },
-                            )
-                        ],
-                    )
-                )
+                entries.append(_journaled(p, line_id))
                 continue
             line = current.get(key)
             if line is None:
@@ -135,10 +126,7 @@ class Assigner:
             else:
                 results.append(Assigned(AssignResult.CONFLICT, line_id=line.id))
         setups = sorted({p.setup_id for p in placements if (p.setup_id, p.request_id) in applied})
-        along: list[tuple[str, Sequence[Any]]] = []
-        if setups:
-            along.append(store.statuses_update(setups, now))
-        return Placed(results, entries, setups, along)
+        return Placed(results, entries, setups, reserved)
 
     async def finish(
         self,
@@ -147,10 +135,28 @@ class Assigner:
         now: datetime,
         along: Sequence[tuple[str, Sequence[Any]]] = (),
     ) -> None:
-        """Journal the applied placements (``along``: see ``Journal.append_many``)."""
-        live = iter(
-            await self._journal.append_many(conn, placed.entries, now, [*placed.along, *along])
-        )
+        """Journal the applied placements (``along``: see ``Journal.write``)."""
+        live = iter(await self._journal.write(conn, placed.entries, placed.reserved, now, along))
         for assigned in placed.results:
             if assigned.result is AssignResult.APPLIED:
                 assigned.events = next(live)
+
+
+def _journaled(p: Placement, line_id: str) -> Entry:
+    """One event and one audit record per applied assignment (``_PER_ASSIGNMENT``)."""
+    return Entry(
+        p.workspace_id,
+        p.origin,
+        [Change(SetupChange.LINE_ASSIGNED, p.setup_id, line_id)],
+        [
+            Audit(
+                AuditAction.LINE_ASSIGNED,
+                p.setup_id,
+                line_id,
+                {
+                    "status": (LineStatus.PENDING.value, LineStatus.ASSIGNED.value),
+                    "phoneNumber": (None, p.phone_number),
+                },
+            )
+        ],
+    )

@@ -220,11 +220,22 @@ class WebhookIntake:
         outcomes: list[Outcome] = []
         events: list[LiveEvent] = []
         releases: list[tuple[str, Origin]] = []
+        # Built before the transaction: from the assignment on, the workspace is locked
+        # until commit, and every delivery of the workspace waits on that lock.
+        log = [
+            {
+                "id": ids.new_id(ids.DELIVERY),
+                "setup_id": d.setup_id,
+                "webhook_id": d.webhook_id,
+                "event_type": d.event_type,
+                "outcome": "ignored",
+            }
+            for d in deliveries
+        ]
         async with self._db.write() as conn:
             placed = await self._assigner.place(conn, placements, now)
             assigned = iter(placed.results)
-            log: list[dict[str, str]] = []
-            for delivery in deliveries:
+            for delivery, logged_row in zip(deliveries, log, strict=True):
                 logged = "ignored"
                 outcome = Outcome.IGNORED
                 if delivery.assignment is not None:
@@ -249,15 +260,7 @@ class WebhookIntake:
                             delivery.assignment.request_id,
                         )
                 outcomes.append(outcome)
-                log.append(
-                    {
-                        "id": ids.new_id(ids.DELIVERY),
-                        "setup_id": delivery.setup_id,
-                        "webhook_id": delivery.webhook_id,
-                        "event_type": delivery.event_type,
-                        "outcome": logged,
-                    }
-                )
+                logged_row["outcome"] = logged
             await self._assigner.finish(
                 conn, placed, now, along=[self._store.record_many(log, now)]
             )
