@@ -83,6 +83,11 @@ def advance_sql(counts: str) -> str:
     )
 
 
+def advance_rows_sql(d: Dialect) -> str:
+    """:func:`advance_sql` for counts bound as rows at parameter 1."""
+    return advance_sql(d.rows(1, "c", (("id", "text"), ("events", "bigint"), ("audits", "bigint"))))
+
+
 @dataclass(frozen=True)
 class Reserved:
     """Numbers reserved in one workspace by :func:`advance_sql`, as its row came back."""
@@ -139,9 +144,7 @@ class Journal:
         self._dialect = d = dialect
         self._sealer = sealer
         p = d.placeholder
-        self._advance = advance_sql(
-            d.rows(1, "c", (("id", "text"), ("events", "bigint"), ("audits", "bigint")))
-        )
+        self._advance = advance_rows_sql(d)
         b = SqlBuilder(d)
         line = b.alias()
         snapshot = (

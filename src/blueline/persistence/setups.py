@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from blueline.domain import LineStatus, SetupState, SetupStatus
 from blueline.persistence.database import SqlConnection
 from blueline.persistence.dialect import Dialect, sql_literal
-from blueline.persistence.journal import Reserved, advance_sql
+from blueline.persistence.journal import Reserved, advance_rows_sql, advance_sql
 
 
 def derived_status_sql(alias: str, assigned_also: str | None = None) -> str:
@@ -300,9 +301,7 @@ class SetupStore:
             "NULL::text FROM assigned a UNION ALL "
             "SELECT NULL, NULL, NULL, r.id, r.event_seq, r.audit_seq, r.audit_head FROM reserved r"
         )
-        self._reserve_rows = advance_sql(
-            d.rows(1, "c", (("id", "text"), ("events", "bigint"), ("audits", "bigint")))
-        )
+        self._reserve_rows = advance_rows_sql(d)
         self._lines_by_requests = (
             "SELECT l.id, l.setup_id, l.workspace_id, l.status, l.phone_number, l.request_id "
             "FROM phone_line l JOIN "
@@ -401,33 +400,42 @@ class SetupStore:
         now: datetime,
         per_assignment: tuple[int, int],
     ) -> tuple[dict[tuple[str, str], str], list[Reserved]]:
-        """:meth:`assign_many`, the statuses of the setups it moved recomputed, and the
-        journal's numbers reserved for what it applied (``per_assignment``: events and
-        audit records each), its workspaces locked to commit. One statement on
-        PostgreSQL; on SQLite, whose write lock already serialises writers, three."""
+        """Pending lines moved to ASSIGNED (forward only), by (setup id, request id),
+        at most one item per line (the caller's batch keeps them apart); the statuses of
+        the setups they moved recomputed; and the journal's numbers reserved for what
+        applied (``per_assignment``: events and audit records each), its workspaces
+        locked to commit. One statement on PostgreSQL; on SQLite, whose write lock
+        already serialises writers, three."""
         d = self.dialect
         rows = [{"setup_id": s, "request_id": r, "number": n} for s, r, n in items]
         setups = sorted({row["setup_id"] for row in rows})
         events, audits = per_assignment
+
+        def counted(lines: list[Sequence[Any]]) -> dict[str, tuple[int, int]]:
+            per_workspace = Counter(str(line[3]) for line in lines)
+            return {ws: (n * events, n * audits) for ws, n in per_workspace.items()}
+
         if d.is_postgresql:
             found = await conn.fetch(
                 self._assign_reserving,
                 (d.rows_value(rows), self.ts(now), d.members(setups), events, audits),
             )
             lines = [row[:4] for row in found if row[0] is not None]
+            counts = counted(lines)
             counters = [row[3:] for row in found if row[0] is None]
         else:
             lines = await conn.fetch(
                 self._assign_many, (d.rows_value(rows), self.ts(now), d.members(setups))
             )
+            counts = counted(lines)
             counters = []
-        per_workspace = Counter(str(line[3]) for line in lines)
-        counts = {ws: (n * events, n * audits) for ws, n in per_workspace.items()}
-        if lines and not d.is_postgresql:
-            moved = sorted({str(line[1]) for line in lines})
-            await conn.execute(self._statuses, (d.members(moved), self.ts(now)))
-            reserve = [{"id": w, "events": e, "audits": a} for w, (e, a) in sorted(counts.items())]
-            counters = await conn.fetch(self._reserve_rows, (d.rows_value(reserve),))
+            if lines:
+                moved = sorted({str(line[1]) for line in lines})
+                await conn.execute(self._statuses, (d.members(moved), self.ts(now)))
+                reserve = [
+                    {"id": w, "events": e, "audits": a} for w, (e, a) in sorted(counts.items())
+                ]
+                counters = await conn.fetch(self._reserve_rows, (d.rows_value(reserve),))
         reserved = [Reserved.of(row, counts) for row in counters]
         applied = {
             (str(setup_id), str(request_id)): str(line_id)
