@@ -107,10 +107,10 @@ def _history_statement() -> str:
     )
     return (
         "INSERT INTO event (id, workspace_id, seq, setup_id, line_id, type, payload, "
-        "created_at, published_at) "
+        "created_at) "
         "SELECT 'evt_' || md5(l.id || k.kind), s.workspace_id, "
         "$1::bigint + row_number() OVER (ORDER BY l.id, k.kind), s.id, l.id, k.kind, "
-        f"{snapshot}, s.created_at, s.created_at "
+        f"{snapshot}, s.created_at "
         "FROM imessage_setup s JOIN phone_line l ON l.setup_id = s.id "
         "CROSS JOIN (VALUES ('LINE_ADDED'), ('LINE_ASSIGNED')) k(kind) "
         "WHERE s.id = ANY($2::text[]) AND (k.kind = 'LINE_ADDED' OR l.status = 'ASSIGNED')"

@@ -304,9 +304,7 @@ async def run(ctx: RunContext) -> ScenarioResult:
                     duration_s,
                 )
                 drained = await poll_until(
-                    lambda: scalar(
-                        database, "SELECT count(*) FROM event WHERE published_at IS NULL"
-                    ),
+                    lambda: scalar(database, "SELECT count(*) FROM event_outbox"),
                     lambda n: int(n) == 0,
                     timeout_s=30,
                     what="outbox drained",
@@ -406,9 +404,7 @@ async def soak(
                     "lag_max_ms": lag.max,
                     "requests": dict(requests),
                     "errors": dict(errors),
-                    "unpublished": int(
-                        await conn.fetchval("SELECT count(*) FROM event WHERE published_at IS NULL")
-                    ),
+                    "unpublished": int(await conn.fetchval("SELECT count(*) FROM event_outbox")),
                     "waiting_for_arrival": len(sent),
                 }
             )

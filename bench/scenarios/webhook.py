@@ -122,11 +122,9 @@ async def run(ctx: RunContext) -> ScenarioResult:
             )
             stats_after = await server.stats()
             end_of_load = time.perf_counter()
-            unpublished_at_end = int(
-                await scalar(database, "SELECT count(*) FROM event WHERE published_at IS NULL")
-            )
+            unpublished_at_end = int(await scalar(database, "SELECT count(*) FROM event_outbox"))
             drained = await poll_until(
-                lambda: scalar(database, "SELECT count(*) FROM event WHERE published_at IS NULL"),
+                lambda: scalar(database, "SELECT count(*) FROM event_outbox"),
                 lambda n: int(n) == 0,
                 timeout_s=30,
                 what="outbox drained",

@@ -207,3 +207,44 @@ async def test_downgrade_to_base_and_upgrade_again_restores_the_schema(
     await asyncio.to_thread(upgrade, url)
     assert await schema_differences(url) == []
     assert await stamped_revisions(url) == [head_revision(url)]
+
+
+async def _run(url: str, *statements: str) -> list[Any]:
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            result: list[Any] = []
+            for statement in statements:
+                found = await connection.execute(text(statement))
+                result = list(found) if found.returns_rows else []
+            return result
+    finally:
+        await engine.dispose()
+
+
+async def test_events_still_to_publish_move_to_the_outbox_and_back(
+    empty_database_url: str,
+) -> None:
+    url = empty_database_url
+    config = alembic_config(url)
+    await asyncio.to_thread(command.upgrade, config, "0003")
+    await _run(
+        url,
+        "INSERT INTO event (id, workspace_id, seq, setup_id, line_id, type, payload, "
+        "created_at, published_at) VALUES "
+        "('evt_sent', 'ws_a', 1, 'ims_a', NULL, 'SETUP_CREATED', '{}', "
+        "'2026-12-01 10:00:00+00', '2026-12-01 10:00:01+00'), "
+        "('evt_waiting', 'ws_a', 2, 'ims_a', NULL, 'SETUP_RENAMED', '{}', "
+        "'2026-12-01 10:00:02+00', NULL)",
+    )
+
+    await asyncio.to_thread(upgrade, url)
+    outbox = await _run(url, "SELECT event_id FROM event_outbox")
+    assert [tuple(row) for row in outbox] == [("evt_waiting",)]
+
+    await asyncio.to_thread(command.downgrade, config, "0003")
+    flags = await _run(url, "SELECT id, published_at IS NULL FROM event ORDER BY seq")
+    assert [(row[0], bool(row[1])) for row in flags] == [
+        ("evt_sent", False),
+        ("evt_waiting", True),
+    ]

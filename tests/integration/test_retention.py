@@ -11,7 +11,7 @@ from sqlmodel import col
 from blueline import ids
 from blueline.errors import InvalidInput
 from blueline.persistence.database import Database
-from blueline.persistence.models import Event, WebhookDelivery
+from blueline.persistence.models import Event, EventOutbox, WebhookDelivery
 from blueline.persistence.retention import prune
 from blueline.persistence.types import utcnow
 
@@ -37,9 +37,14 @@ async def test_prune_removes_only_old_deliveries_and_published_events(db: Databa
             )
         for age_days, published, seq in ((10, True, 1), (10, False, 2), (3, True, 3)):
             # seq 1 is old and published: pruned; the unpublished one and seq 3 stay.
+            event_id = ids.new_id(ids.EVENT)
+            if not published:
+                session.add(
+                    EventOutbox(event_id=event_id, created_at=now - timedelta(days=age_days))
+                )
             session.add(
                 Event(
-                    id=ids.new_id(ids.EVENT),
+                    id=event_id,
                     seq=seq,
                     workspace_id="ws_x",
                     setup_id="ims_x",
@@ -47,7 +52,6 @@ async def test_prune_removes_only_old_deliveries_and_published_events(db: Databa
                     type="LINE_ADDED",
                     payload="{}",
                     created_at=now - timedelta(days=age_days),
-                    published_at=now if published else None,
                 )
             )
 
@@ -78,7 +82,6 @@ async def test_each_workspaces_newest_event_survives(db: Database) -> None:
                     type="LINE_ADDED",
                     payload="{}",
                     created_at=old,
-                    published_at=old,
                 )
             )
     assert (await prune(db, 7)).events == 1

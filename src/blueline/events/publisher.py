@@ -82,7 +82,7 @@ class Publisher:
             return
         batch, self._unmarked = self._unmarked, []
         try:
-            await self._log.mark_published([e.row_id for e in batch], utcnow())
+            await self._log.mark_published([e.row_id for e in batch])
         except Exception:
             # Left unmarked, they are sent again by a sweep: a duplicate, never a loss.
             logger.warning("could not mark %d published event(s)", len(batch))
@@ -105,8 +105,7 @@ class Publisher:
             if not events:
                 return sent
             await self._bus.publish_many(events)
-            now = utcnow()
-            await self._log.mark_published([e.row_id for e in events], now)
+            await self._log.mark_published([e.row_id for e in events])
             m = metrics()
             m.outbox_published.inc(len(events))
             sent += len(events)

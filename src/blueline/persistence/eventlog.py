@@ -123,10 +123,14 @@ class EventLog:
             f"AND setup_id = {p(4, 'text')} AND seq > {p(2, 'bigint')} "
             f"ORDER BY seq LIMIT {p(3, 'bigint')}"
         )
+        picked = ", ".join(f"e.{name}" for name in _COLUMNS.split(", "))
         self._unpublished = (
-            f"SELECT {_COLUMNS} FROM event WHERE published_at IS NULL "
-            f"AND created_at < {p(1, 'timestamptz')} ORDER BY workspace_id, seq "
+            f"SELECT {picked} FROM event_outbox o JOIN event e ON e.id = o.event_id "
+            f"WHERE o.created_at < {p(1, 'timestamptz')} ORDER BY e.workspace_id, e.seq "
             f"LIMIT {p(2, 'bigint')}"
+        )
+        self._mark_published = (
+            f"DELETE FROM event_outbox WHERE {db.dialect.member_of('event_id', 1)}"
         )
 
     @property
@@ -164,16 +168,12 @@ class EventLog:
             rows = await conn.fetch(self._unpublished, (self.dialect.timestamp(older_than), limit))
         return [_from_row(row) for row in rows]
 
-    async def mark_published(self, row_ids: list[str], now: datetime) -> None:
+    async def mark_published(self, row_ids: list[str]) -> None:
+        """Take the events off the outbox: the sweep no longer sends them."""
         if not row_ids:
             return
-        d = self.dialect
-        sql = (
-            f"UPDATE event SET published_at = {d.placeholder(1, 'timestamptz')} "
-            f"WHERE {d.member_of('id', 2)}"
-        )
         async with self._db.write() as conn:
-            await conn.execute(sql, (d.timestamp(now), d.members(row_ids)))
+            await conn.execute(self._mark_published, (self.dialect.members(row_ids),))
 
 
 async def fetch_live(conn: SqlConnection, sql: str, args: tuple[Any, ...]) -> list[LiveEvent]:

@@ -173,6 +173,11 @@ class Journal:
             + f" JOIN {rm.SETUP.table} s ON s.id = e.setup_id WHERE {d.member_of('s.id', 3)} "
             "RETURNING id, payload"
         )
+        # Each event also waits in the outbox until it is published (`EventOutbox`).
+        self._insert_outbox = (
+            f"INSERT INTO event_outbox (event_id, created_at) SELECT o.id, {p(2, 'timestamptz')} "
+            "FROM " + d.rows(1, "o", (("id", "text"),))
+        )
         names = ", ".join(name for name, _ in _AUDIT_COLUMNS)
         picked = ", ".join(f"a.{name}" for name, _ in _AUDIT_COLUMNS)
         self._insert_audits = (
@@ -282,8 +287,8 @@ class Journal:
                 del record["occurred_at"]  # bound once for the batch, as `now`
                 audit_rows.append({**record, "hash": heads[ws], "key_id": kid})
 
-        # One round trip for the rest: audit records and heads, then the events (whose
-        # snapshots come back to be published).
+        # One round trip for the rest: audit records and heads, the outbox, then the
+        # events (whose snapshots come back to be published).
         parts: list[tuple[str, Sequence[Any]]] = list(along)
         if audit_rows:
             changed = sorted(ws for ws, n in counts.items() if n[1])
@@ -293,6 +298,8 @@ class Journal:
             )
         if event_rows:
             setups = d.members(sorted({row["setup_id"] for row in event_rows}))
+            waiting = d.rows_value([{"id": row["id"]} for row in event_rows])
+            parts.append((self._insert_outbox, (waiting, d.timestamp(now))))
             parts.append(
                 (self._insert_events, (d.rows_value(event_rows), d.timestamp(now), setups))
             )

@@ -18,6 +18,7 @@ __all__ = [
     "ApiKey",
     "AuditEvent",
     "Event",
+    "EventOutbox",
     "IMessageSetup",
     "LineStatus",
     "Operation",
@@ -138,21 +139,14 @@ class Event(SQLModel, table=True):
     Rows are written in the transaction of the change they describe, numbered by the
     workspace's counter under its row lock, so within a workspace seq order is commit
     order: replay ``after`` a seq can never miss an event committed late. The payload is
-    the read-model snapshot of the setup (and line) as the change left them.
-    ``published_at`` is set once the event went out on the bus; the relay publishes
-    whatever a crash or an outage left unset.
+    the read-model snapshot of the setup (and line) as the change left them. What is
+    still to go out on the bus is in :class:`EventOutbox`.
     """
 
     __tablename__ = "event"
     __table_args__ = (
         UniqueConstraint("workspace_id", "seq", name="uq_event_workspace_seq"),
         Index("ix_event_setup", "workspace_id", "setup_id", "seq"),
-        Index(
-            "ix_event_unpublished",
-            "created_at",
-            postgresql_where=text("published_at IS NULL"),
-            sqlite_where=text("published_at IS NULL"),
-        ),
     )
 
     id: str = Field(primary_key=True, max_length=40)
@@ -163,7 +157,21 @@ class Event(SQLModel, table=True):
     type: str = Field(max_length=40)
     payload: str = Field(sa_column=Column(Text, nullable=False))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
-    published_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class EventOutbox(SQLModel, table=True):
+    """One row per committed event not yet published: inserted with the event, deleted
+    once it went out on the bus. The sweep publishes whatever a crash or an outage left.
+
+    A table of its own rather than a flag on the event, so marking an event published
+    deletes a narrow row instead of rewriting the event with its snapshot.
+    """
+
+    __tablename__ = "event_outbox"
+    __table_args__ = (Index("ix_event_outbox_created", "created_at"),)
+
+    event_id: str = Field(primary_key=True, max_length=40)
+    created_at: datetime = Field(sa_column=_ts())
 
 
 class AuditEvent(SQLModel, table=True):

@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, exists, func, select
 from sqlalchemy.orm import aliased
 from sqlmodel import col
 
 from blueline.errors import InvalidInput
 from blueline.persistence.database import Database
-from blueline.persistence.models import Event, WebhookDelivery
+from blueline.persistence.models import Event, EventOutbox, WebhookDelivery
 from blueline.persistence.types import utcnow
 
 MIN_RETENTION_DAYS = 7
@@ -49,7 +49,7 @@ async def prune(db: Database, days: float = MIN_RETENTION_DAYS) -> Pruned:
         events = await session.execute(
             delete(Event)
             .where(col(Event.created_at) < cutoff)
-            .where(col(Event.published_at).is_not(None))
+            .where(~exists().where(col(EventOutbox.event_id) == col(Event.id)))
             .where(col(Event.seq) < newest)
         )
     return Pruned(deliveries=_rowcount(deliveries), events=_rowcount(events))
