@@ -76,23 +76,50 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def postgres_cpu() -> dict[int, float]:
+    """CPU time of each PostgreSQL process on this machine, by pid: the backends of
+    every client, the checkpointer, the WAL writer. The database has no process of its
+    own per client here, so this is what the whole load costs it."""
+    found: dict[int, float] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/comm") as handle:
+                if handle.read().strip() != "postgres":
+                    continue
+            found[int(entry.name)] = cpu_seconds(int(entry.name))
+        except OSError:  # ended while being read
+            continue
+    return found
+
+
 @dataclass
 class CpuMeter:
-    """CPU use of some processes over a wall-clock window, as a share of one core."""
+    """CPU use of some processes over a wall-clock window, as a share of one core; with
+    ``database``, also every PostgreSQL process's (a process that ends in the window
+    loses its share of it, one that starts counts from zero)."""
 
     pids: Mapping[str, int]
+    database: bool = False
     _cpu: dict[str, float] = field(default_factory=dict)
+    _postgres: dict[int, float] = field(default_factory=dict)
     _wall: float = 0.0
 
     def start(self) -> None:
         self._wall = time.perf_counter()
         self._cpu = {name: self._read(pid) for name, pid in self.pids.items()}
+        self._postgres = postgres_cpu() if self.database else {}
 
     def stop(self) -> dict[str, float]:
         wall = time.perf_counter() - self._wall
+        used = {name: self._read(pid) - self._cpu[name] for name, pid in self.pids.items()}
+        if self.database:
+            used["database"] = sum(
+                seconds - self._postgres.get(pid, 0.0) for pid, seconds in postgres_cpu().items()
+            )
         return {
-            name: round((self._read(pid) - self._cpu[name]) / wall, 3) if wall > 0 else 0.0
-            for name, pid in self.pids.items()
+            name: round(seconds / wall, 3) if wall > 0 else 0.0 for name, seconds in used.items()
         }
 
     @staticmethod

@@ -31,6 +31,10 @@ class Measured:
         shares = self.cpu.get(name, [])
         return sum(shares) / len(shares) if shares else float("nan")
 
+    def cpu_ms_per_request(self, name: str = "server") -> float:
+        rate = self.load.rate
+        return 1000 * self.cpu_mean(name) / rate if rate else float("nan")
+
     @property
     def latency(self) -> Summary:
         return Summary.of_ns(self.load.latencies_ns)
@@ -65,7 +69,7 @@ async def alternate(
     order = list(phases)
     for r in range(rounds):
         for name in order if r % 2 == 0 else reversed(order):
-            meter = CpuMeter({"server": server.pid, "client": os.getpid()})
+            meter = CpuMeter({"server": server.pid, "client": os.getpid()}, database=True)
             meter.start()
             result = await phases[name]()
             cpu = meter.stop()

@@ -309,7 +309,7 @@ async def alternate_servers(
     for r in range(rounds):
         for name in order if r % 2 == 0 else reversed(order):
             phase, pid = phases[name]
-            meter = CpuMeter({"server": pid, "client": os.getpid()})
+            meter = CpuMeter({"server": pid, "client": os.getpid()}, database=True)
             meter.start()
             result = await phase()
             cpu = meter.stop()
@@ -320,11 +320,6 @@ async def alternate_servers(
                 f"statuses {dict(result.statuses)}, cpu {cpu}"
             )
     return measured
-
-
-def _cpu_ms(measured: Measured) -> float:
-    rate = measured.load.rate
-    return 1000 * measured.cpu_mean("server") / rate if rate else float("nan")
 
 
 async def run(ctx: RunContext) -> ScenarioResult:
@@ -574,9 +569,18 @@ def add_rows(
     result.add(
         Row(
             f"{query}: server CPU ms/request",
-            _cpu_ms(blueline),
+            blueline.cpu_ms_per_request(),
             "ms",
-            baseline=_cpu_ms(best),
+            baseline=best.cpu_ms_per_request(),
+            baseline_label=label,
+        )
+    )
+    result.add(
+        Row(
+            f"{query}: database CPU ms/request",
+            blueline.cpu_ms_per_request("database"),
+            "ms",
+            baseline=best.cpu_ms_per_request("database"),
             baseline_label=label,
         )
     )

@@ -20,16 +20,11 @@ from bench.context import RunContext, poll_until
 from bench.infra import keyring_spec, running_servers, throwaway_database
 from bench.loadgen import LoadResult, closed_loop
 from bench.report import Row, ScenarioResult, Target
-from bench.scenarios.common import Measured, alternate, serve_env
+from bench.scenarios.common import alternate, serve_env
 from bench.seed import scalar, seed
 
 DESCRIPTION = "verified webhook deliveries/s end to end vs a verify-only route"
 WEBHOOK_ROUTE = "/webhooks/imessage"
-
-
-def cpu_ms_per_request(measured: Measured) -> float:
-    rate = measured.load.rate
-    return 1000 * measured.cpu_mean("server") / rate if rate else float("nan")
 
 
 def per_delivery(
@@ -163,9 +158,17 @@ async def run(ctx: RunContext) -> ScenarioResult:
     result.add(
         Row(
             "server CPU per request",
-            cpu_ms_per_request(real),
+            real.cpu_ms_per_request(),
             "ms",
-            baseline=cpu_ms_per_request(base),
+            baseline=base.cpu_ms_per_request(),
+        )
+    )
+    result.add(
+        Row(
+            "database CPU per request",
+            real.cpu_ms_per_request("database"),
+            "ms",
+            baseline=base.cpu_ms_per_request("database"),
         )
     )
     in_request, in_background = per_delivery(stats_before, stats_after)
