@@ -5,7 +5,10 @@ Under load a batch holds everything that arrived while the previous ones ran, so
 fixed cost of a round trip, a transaction or a commit is shared; alone, an item is a
 batch of one and waits for nobody. Up to ``concurrency`` batches run at once. Items
 with the same ``key`` never share a batch, nor run in two batches at once (the later
-waits), so a batch can treat its items as independent.
+waits), so a batch can treat its items as independent. Items of the same ``group`` may
+share a batch but never run in two at once: a group whose batch is running waits for
+the next, so work that would only queue behind a lock the running batch holds joins
+the following batch instead of taking a lane of its own.
 
 A batch that fails with an error ``alone_on`` accepts is processed again one item at a
 time, so one bad item fails only its own caller. Errors it does not accept (an outage
@@ -32,6 +35,7 @@ class Batcher(Generic[T, R]):
         max_size: int = 64,
         concurrency: int = 1,
         key: Callable[[T], Hashable] | None = None,
+        group: Callable[[T], Hashable] | None = None,
         alone_on: Callable[[Exception], bool] = lambda _exc: False,
         name: str = "blueline-batcher",
     ) -> None:
@@ -40,9 +44,11 @@ class Batcher(Generic[T, R]):
         self._max = max_size
         self._concurrency = concurrency
         self._key = key
+        self._group = group
         self._name = name
         self._queue: deque[tuple[T, asyncio.Future[R]]] = deque()
         self._busy_keys: set[Hashable] = set()
+        self._busy_groups: set[Hashable] = set()
         self._running: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: T) -> R:
@@ -69,9 +75,14 @@ class Batcher(Generic[T, R]):
     def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
         batch: list[tuple[T, asyncio.Future[R]]] = []
         kept: deque[tuple[T, asyncio.Future[R]]] = deque()
+        groups: set[Hashable] = set()
         while self._queue and len(batch) < self._max:
             entry = self._queue.popleft()
             if entry[1].done():  # its caller went away
+                continue
+            group = None if self._group is None else self._group(entry[0])
+            if group is not None and group in self._busy_groups:
+                kept.append(entry)
                 continue
             if self._key is not None:
                 key = self._key(entry[0])
@@ -79,9 +90,12 @@ class Batcher(Generic[T, R]):
                     kept.append(entry)
                     continue
                 self._busy_keys.add(key)
+            if group is not None:
+                groups.add(group)
             batch.append(entry)
         kept.extend(self._queue)
         self._queue = kept
+        self._busy_groups |= groups
         return batch
 
     async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
@@ -92,9 +106,11 @@ class Batcher(Generic[T, R]):
                 future.cancel()
             raise
         finally:
-            if self._key is not None:
-                for item, _ in batch:
+            for item, _ in batch:
+                if self._key is not None:
                     self._busy_keys.discard(self._key(item))
+                if self._group is not None:
+                    self._busy_groups.discard(self._group(item))
 
     async def _settle(self, batch: list[tuple[T, asyncio.Future[R]]], *, split: bool) -> None:
         try:

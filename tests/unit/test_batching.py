@@ -72,3 +72,61 @@ async def test_a_lone_item_is_not_retried() -> None:
     with pytest.raises(Poisoned):
         await batcher.submit(13)
     assert batches == [[13]]
+
+
+async def test_a_group_runs_in_one_batch_at_a_time_and_waiting_items_share_the_next() -> None:
+    running: dict[str, int] = {}
+    overlapped: list[str] = []
+    batches: list[list[tuple[str, int]]] = []
+    release = asyncio.Event()
+
+    async def process(items: list[tuple[str, int]]) -> list[int]:
+        batches.append(list(items))
+        groups = {group for group, _ in items}
+        for group in groups:
+            if running.get(group):
+                overlapped.append(group)
+            running[group] = running.get(group, 0) + 1
+        await release.wait()
+        for group in groups:
+            running[group] -= 1
+        return [n for _, n in items]
+
+    batcher: Batcher[tuple[str, int], int] = Batcher(
+        process, concurrency=2, key=lambda item: item, group=lambda item: item[0]
+    )
+    first = asyncio.ensure_future(batcher.submit(("a", 0)))
+    await asyncio.sleep(0)
+    # While a's batch runs, more of a queue behind it; b takes the other lane.
+    later = [asyncio.ensure_future(batcher.submit(("a", n))) for n in (1, 2, 3)]
+    other = asyncio.ensure_future(batcher.submit(("b", 0)))
+    await asyncio.sleep(0.01)
+    assert batches == [[("a", 0)], [("b", 0)]]
+
+    release.set()
+    assert await asyncio.gather(first, *later, other) == [0, 1, 2, 3, 0]
+    assert overlapped == []
+    assert batches[2:] == [[("a", 1), ("a", 2), ("a", 3)]]
+
+
+async def test_an_item_its_key_holds_back_does_not_hold_back_its_group() -> None:
+    batches: list[list[tuple[str, str]]] = []
+    gate = asyncio.Event()
+
+    async def process(items: list[tuple[str, str]]) -> list[str]:
+        batches.append(list(items))
+        if ("a", "x") in items and len(batches) == 1:
+            await gate.wait()
+        return [key for _, key in items]
+
+    batcher: Batcher[tuple[str, str], str] = Batcher(
+        process, concurrency=2, key=lambda item: item[1], group=lambda item: item[0]
+    )
+    held = asyncio.ensure_future(batcher.submit(("a", "x")))
+    await asyncio.sleep(0)
+    # ("b", "x") waits for key x; group b must not be left marked busy by it.
+    blocked = asyncio.ensure_future(batcher.submit(("b", "x")))
+    free = asyncio.ensure_future(batcher.submit(("b", "y")))
+    assert await asyncio.wait_for(free, 1) == "y"
+    gate.set()
+    assert list(await asyncio.wait_for(asyncio.gather(held, blocked), 1)) == ["x", "x"]

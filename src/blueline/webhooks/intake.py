@@ -136,16 +136,17 @@ class WebhookIntake:
         self._lookups: Batcher[str, SetupSecret] = Batcher(
             self._lookup_batch, max_size=128, concurrency=2, name="blueline-webhook-lookups"
         )
-        # Two batches at once: under load batches grow rather than split it (at 16
-        # deliveries in flight for one workspace, one, two and three batches at once cost
-        # 1.5, 1.8 and 2.0 ms of CPU per delivery for the same throughput), and a batch
-        # stuck behind a lock (another workspace's counters, a setup under a lifecycle
-        # change) leaves a lane for the other deliveries.
+        # A workspace's deliveries are in one running batch at most: every batch locks
+        # the counters of its workspaces from the assignment to commit, so a second
+        # batch of the same workspace would only wait for that lock, and the deliveries
+        # it took would miss the next batch. Two batches at once, so other workspaces'
+        # deliveries have a lane while one workspace's batch runs.
         self._applies: Batcher[Delivery, Outcome] = Batcher(
             self._apply_batch,
             max_size=64,
             concurrency=2,
             key=lambda d: d.setup_id,
+            group=lambda d: d.workspace_id,
             # Anything but an outage may be one delivery's doing: the others go on alone.
             alone_on=lambda exc: not isinstance(exc, StorageUnavailable),
             name="blueline-webhook-applies",
