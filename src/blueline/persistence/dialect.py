@@ -115,9 +115,12 @@ class Dialect:
         :meth:`members`). PostgreSQL estimates an array parameter at ten rows where it
         takes a JSON record set for a hundred: joined to a table of a few thousand rows,
         a batch of a few is then probed by index instead of hashed against a full
-        scan."""
+        scan. The array is read through a sub-select so that the estimate is ten rows
+        whatever values are bound: given the values themselves the planner counts them,
+        finds every new plan cheaper than the cached one and plans on every call (a
+        statement outside a write transaction may keep custom plans)."""
         if self.is_postgresql:
-            return f"unnest(${index}::text[]) AS {alias}({column})"
+            return f"unnest((SELECT ${index}::text[])) AS {alias}({column})"
         return f"(SELECT value AS {column} FROM json_each(?{index})) AS {alias}"
 
     def rows(self, index: int, alias: str, columns: Sequence[tuple[str, ParamType]]) -> str:
