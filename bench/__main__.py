@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis-url", default=None, help="use this Redis instead of a private redis-server"
     )
     parser.add_argument(
+        "--server-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="run every Blueline server with BLUELINE_NAME=VALUE (repeatable), e.g. DB_POOL_SIZE=4",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="also sample the servers with py-spy in an extra phase (needs py-spy)",
@@ -53,10 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def server_settings(pairs: list[str]) -> dict[str, str]:
+    settings: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--server-setting wants NAME=VALUE, got {pair!r}")
+        settings["BLUELINE_" + name.upper().removeprefix("BLUELINE_")] = value
+    return settings
+
+
 async def run_one(name: str, ctx: RunContext) -> ScenarioResult:
     started = time.perf_counter()
     result = await SCENARIOS[name](ctx)
     result.elapsed_s = time.perf_counter() - started
+    if ctx.server_settings:
+        result.config["server_settings"] = dict(ctx.server_settings)
     return result
 
 
@@ -96,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 redis_url=redis_url,
                 profile=args.profile,
                 minutes=args.minutes,
+                server_settings=server_settings(args.server_setting),
             )
             print(f"-- {name}{' (smoke)' if args.smoke else ''}", flush=True)
             try:

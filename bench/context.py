@@ -24,6 +24,8 @@ class RunContext:
     profile: bool = False
     # How long the soak runs, when not its default.
     minutes: float | None = None
+    # Extra server settings for every Blueline server of the run (``BLUELINE_…``).
+    server_settings: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 
     @property

@@ -94,7 +94,7 @@ def serve_env(
         redis_url=ctx.redis_url,
         port=free_port(),
         encryption_keys=keyring,
-        extra=extra,
+        extra={**ctx.server_settings, **(extra or {})},
     )
 
 
