@@ -144,6 +144,7 @@ class Runtime:
                 await task
         self._tasks.clear()
         await self.intake.close()
+        await self.reads.close()
         await self.lifecycle.wait_background()
         await self.authenticator.stop()
         await self.publisher.stop()

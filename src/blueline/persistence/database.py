@@ -288,6 +288,7 @@ class Database:
                         # state (no SET, LISTEN or session-level advisory lock), and an
                         # open transaction is still rolled back by asyncpg itself.
                         reset=_keep_session,
+                        max_cacheable_statement_size=CACHEABLE_STATEMENT_CHARS,
                         **plain_on_loopback(self.url),
                         min_size=1,
                         max_size=limits.raw_pool_size,
@@ -358,6 +359,10 @@ class Database:
                 pool.terminate()
         await self.engine.dispose()
 
+
+# asyncpg's own default, named because `Reads` sizes statements to stay under it: a
+# longer statement is parsed, described and planned anew on every call.
+CACHEABLE_STATEMENT_CHARS = 15 * 1024
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 

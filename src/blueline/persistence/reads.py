@@ -18,7 +18,10 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from blueline import readmodel as rm
+from blueline.batching import Batcher
 from blueline.domain import SetupState
+from blueline.errors import StorageUnavailable
+from blueline.persistence.database import CACHEABLE_STATEMENT_CHARS
 from blueline.persistence.dialect import Dialect, ParamType, json_key, sql_literal
 from blueline.selection import TYPENAME, Alternatives, Pick, QueryPlan, Selection, Slot
 
@@ -48,8 +51,13 @@ class CompiledRead:
 
 
 class SqlBuilder:
-    def __init__(self, dialect: Dialect, present: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, dialect: Dialect, present: frozenset[str] = frozenset(), *, offset: int = 0
+    ) -> None:
         self.dialect = dialect
+        # Placeholders start after `offset` bound values, so that copies of a statement
+        # can share one (see `Reads`).
+        self._offset = offset
         # Optional slots that hold a value in this variant: a predicate on an absent one
         # is left out of the SQL rather than written as `$n IS NULL OR …`, which would
         # keep PostgreSQL's generic plans from using the index.
@@ -59,7 +67,7 @@ class SqlBuilder:
 
     def param(self, slot: str, kind: ParamType) -> str:
         index = self._slots.setdefault(slot, len(self._slots) + 1)
-        return self.dialect.placeholder(index, kind)
+        return self.dialect.placeholder(self._offset + index, kind)
 
     def alias(self) -> str:
         self._aliases += 1
@@ -307,14 +315,15 @@ def _list_root(b: SqlBuilder, index: int, root: rm.ListRoot, pick: Pick) -> str:
 
 
 def compile_query(
-    plan: QueryPlan, dialect: Dialect, present: frozenset[str] = frozenset()
+    plan: QueryPlan, dialect: Dialect, present: frozenset[str] = frozenset(), *, offset: int = 0
 ) -> CompiledRead:
     """The statement answering ``plan``: one row, one column, the ``data`` object's JSON.
-    ``present`` names the :func:`optional_slots` that hold a value.
+    ``present`` names the :func:`optional_slots` that hold a value; placeholders start
+    after ``offset`` bound values.
 
     One statement reads one snapshot, so a page and its ``totalCount`` always agree.
     """
-    b = SqlBuilder(dialect, present)
+    b = SqlBuilder(dialect, present, offset=offset)
     members: list[tuple[str, str]] = []
     for index, pick in enumerate(plan.roots):
         if pick.name == TYPENAME:
@@ -387,37 +396,109 @@ def one_record_plan(root_name: str) -> QueryPlan:
     return QueryPlan((Pick(root_name, root_name, children=alternatives),))
 
 
+# Reads of one statement that are in flight together go to PostgreSQL as one statement
+# of copies, `SELECT (q1), (q2), …`, each with its own values: one round trip, one
+# parse of the answer and one executor start instead of one each. Two such statements
+# of one text run at once (one can be on the wire while the next fills), and a batch is
+# bounded so that one statement never holds many slow reads on one backend, and never
+# grows past what the driver keeps prepared.
+_TOGETHER_CONCURRENCY = 2
+_TOGETHER_MAX = 16
+
+
+class BatchedRead:
+    """A compiled read and the batcher that sends its concurrent runs together."""
+
+    __slots__ = ("_copies", "_dialect", "_plan", "_present", "batcher", "compiled", "most")
+
+    def __init__(
+        self, plan: QueryPlan, present: frozenset[str], dialect: Dialect, db: Database
+    ) -> None:
+        self._plan = plan
+        self._present = present
+        self._dialect = dialect
+        self.compiled = compile_query(plan, dialect, present)
+        self._copies: dict[int, str] = {1: self.compiled.sql}
+
+        async def run(batch: list[tuple[Any, ...]]) -> list[str]:
+            arguments = batch[0] if len(batch) == 1 else [v for args in batch for v in args]
+            async with db.read() as conn:
+                row = await conn.fetchrow(self.copies(len(batch)), arguments)
+            assert row is not None  # a SELECT without FROM is one row
+            return [str(text) for text in row]
+
+        # `SELECT ` and `(…), ` around each copy.
+        fitting = (CACHEABLE_STATEMENT_CHARS - 7) // (len(self.compiled.sql) + 4)
+        self.most = max(1, min(_TOGETHER_MAX, fitting))
+        self.batcher: Batcher[tuple[Any, ...], str] = Batcher(
+            run,
+            max_size=self.most,
+            concurrency=_TOGETHER_CONCURRENCY,
+            # A read that fails for its own values (not for the database) fails alone.
+            alone_on=lambda exc: not isinstance(exc, StorageUnavailable),
+            name="blueline-reads-together",
+        )
+
+    def copies(self, count: int) -> str:
+        """One statement whose ``count`` columns answer ``count`` runs of this one, the
+        k-th with the k-th run's values."""
+        sql = self._copies.get(count)
+        if sql is None:
+            width = len(self.compiled.slots)
+            parts = (
+                compile_query(self._plan, self._dialect, self._present, offset=k * width).sql
+                for k in range(count)
+            )
+            sql = self._copies[count] = "SELECT " + ", ".join(f"({part})" for part in parts)
+        return sql
+
+
 class Reads:
     """Runs compiled reads; statements are compiled once per plan and variant."""
 
     def __init__(self, db: Database, *, max_statements: int = 2048) -> None:
         self._db = db
-        self._compiled: dict[tuple[QueryPlan, frozenset[str]], CompiledRead] = {}
+        self._compiled: dict[tuple[QueryPlan, frozenset[str]], BatchedRead] = {}
         self._optional: dict[QueryPlan, tuple[str, ...]] = {}
         self._max = max_statements
 
-    def statement(self, plan: QueryPlan, values: dict[str, Any]) -> CompiledRead:
+    def _entry(self, plan: QueryPlan, values: dict[str, Any]) -> BatchedRead:
         optional = self._optional.get(plan)
         if optional is None:
             optional = self._optional[plan] = optional_slots(plan)
         present = frozenset(s for s in optional if values.get(s) is not None)
         key = (plan, present)
-        compiled = self._compiled.get(key)
-        if compiled is None:
+        entry = self._compiled.get(key)
+        if entry is None:
             if len(self._compiled) >= self._max:
+                # Batches in flight keep their statement; only the lookup forgets it.
                 self._compiled.clear()
                 self._optional.clear()
-            compiled = compile_query(plan, self._db.dialect, present)
-            self._compiled[key] = compiled
-        return compiled
+            entry = BatchedRead(plan, present, self._db.dialect, self._db)
+            self._compiled[key] = entry
+        return entry
+
+    def statement(self, plan: QueryPlan, values: dict[str, Any]) -> CompiledRead:
+        return self._entry(plan, values).compiled
 
     async def data_text(self, plan: QueryPlan, values: dict[str, Any]) -> str:
         """The JSON text of ``data`` for ``plan`` with these slot values."""
-        compiled = self.statement(plan, values)
+        entry = self._entry(plan, values)
+        arguments = entry.compiled.parameters(values)
+        if self._db.dialect.is_postgresql:
+            return await entry.batcher.submit(arguments)
+        # SQLite answers one statement at a time anyway: nothing to share.
         async with self._db.read() as conn:
-            text: str = await conn.fetchval(compiled.sql, compiled.parameters(values))
+            text: str = await conn.fetchval(entry.compiled.sql, arguments)
         return text
 
     async def data(self, plan: QueryPlan, values: dict[str, Any]) -> dict[str, Any]:
         parsed: dict[str, Any] = json.loads(await self.data_text(plan, values))
         return parsed
+
+    async def close(self) -> None:
+        """Cancels the reads still waiting or running (at shutdown)."""
+        entries = list(self._compiled.values())
+        self._compiled.clear()
+        for entry in entries:
+            await entry.batcher.close()
