@@ -33,12 +33,23 @@ BASELINE_ROUTE = "/bench/list"
 async def statements_per_request(
     conn: Connection, raw: bytes, route: str, count: int, stats: Callable[[], Awaitable[Any]]
 ) -> tuple[float, float]:
-    """(SQL statements, pool checkouts) per request of ``route``."""
+    """(SQL statements, pool checkouts) per request of ``route``, one at a time."""
+
+    async def one_by_one() -> None:
+        for _ in range(count):
+            response = await conn.request(raw)
+            if response.status != 200:
+                raise RuntimeError(f"{route} answered {response.status}: {response.body[:200]!r}")
+
+    return await statements_while(one_by_one(), route, stats)
+
+
+async def statements_while(
+    load: Awaitable[Any], route: str, stats: Callable[[], Awaitable[Any]]
+) -> tuple[float, float]:
+    """(SQL statements, pool checkouts) per request of ``route`` while ``load`` runs."""
     before = await stats()
-    for _ in range(count):
-        response = await conn.request(raw)
-        if response.status != 200:
-            raise RuntimeError(f"{route} answered {response.status}: {response.body[:200]!r}")
+    await load
     after = await stats()
     requests = after["requests"].get(route, 0) - before["requests"].get(route, 0)
     if not requests:
