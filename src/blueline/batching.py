@@ -41,7 +41,8 @@ class Batcher(Generic[T, R]):
     ) -> None:
         self._process = process
         self._alone_on = alone_on
-        self._max = max_size
+        # Public so that its owner can resize batches as it learns their cost.
+        self.max_size = max_size
         self._concurrency = concurrency
         self._key = key
         self._group = group
@@ -76,7 +77,7 @@ class Batcher(Generic[T, R]):
         batch: list[tuple[T, asyncio.Future[R]]] = []
         kept: deque[tuple[T, asyncio.Future[R]]] = deque()
         groups: set[Hashable] = set()
-        while self._queue and len(batch) < self._max:
+        while self._queue and len(batch) < self.max_size:
             entry = self._queue.popleft()
             if entry[1].done():  # its caller went away
                 continue

@@ -7,16 +7,89 @@ from typing import Any
 
 import pytest
 
-from blueline.persistence.database import CACHEABLE_STATEMENT_CHARS
+from blueline.access import create_api_key
+from blueline.domain import Origin
+from blueline.persistence.database import CACHEABLE_STATEMENT_CHARS, observing_statements
 from blueline.persistence.dialect import POSTGRESQL
 from blueline.persistence.reads import (
     WORKSPACE_SLOT,
     BatchedRead,
+    Reads,
     list_records_plan,
     one_record_plan,
     root_slot,
 )
 from blueline.runtime import Runtime
+
+
+def _by_id(object_id: Any) -> dict[str, Any]:
+    return {WORKSPACE_SLOT: "ws-a", root_slot(0, "id"): object_id}
+
+
+async def test_reads_sent_together_each_answer_their_own_values(runtime: Runtime) -> None:
+    plan = one_record_plan("imessageSetup")
+    workspaces = []
+    for name in ("clinic-a", "clinic-b"):
+        await create_api_key(runtime.db, name)
+        async with runtime.db.read() as conn:
+            sql = (
+                f"SELECT id FROM workspace WHERE name = {runtime.db.dialect.placeholder(1, 'text')}"
+            )
+            workspaces.append(await conn.fetchval(sql, [name]))
+    made = {
+        workspace: [
+            await runtime.provisioning.create_setup(
+                workspace, Origin("test"), f"{workspace} {i}", "Desk"
+            )
+            for i in range(3)
+        ]
+        for workspace in workspaces
+    }
+    asks = [
+        {WORKSPACE_SLOT: workspace, root_slot(0, "id"): setup_id}
+        for workspace in made
+        for ids in made.values()
+        for setup_id in ids
+    ]
+    alone = [await runtime.reads.data(plan, values) for values in asks]
+    assert sum(answer["imessageSetup"] is not None for answer in alone) == 6
+
+    seen: list[str] = []
+    with observing_statements(seen.append):
+        together = await asyncio.gather(
+            *(runtime.reads.data(plan, values) for _ in range(4) for values in asks)
+        )
+    assert together == alone * 4
+    if runtime.db.dialect.is_postgresql:
+        assert len(seen) < len(together) / 2
+    else:
+        assert len(seen) == len(together)
+
+
+async def test_reads_too_dear_to_share_run_alone_and_side_by_side(runtime: Runtime) -> None:
+    """A read whose database time exceeds the batch budget is not queued behind others
+    of its kind in one statement: each runs on its own connection."""
+    plan = one_record_plan("imessageSetup")
+
+    async def statements(reads: Reads) -> int:
+        await reads.data_text(plan, _by_id("first"))  # its cost is learnt from a run
+        seen: list[str] = []
+        try:
+            with observing_statements(seen.append):
+                answers = await asyncio.gather(
+                    *(reads.data_text(plan, _by_id(f"setup-{i}")) for i in range(24))
+                )
+        finally:
+            await reads.close()
+        assert answers == ['{"imessageSetup":null}'] * 24
+        return len(seen)
+
+    shared = await statements(Reads(runtime.db))
+    alone = await statements(Reads(runtime.db, batch_budget_s=0.0))
+    if runtime.db.dialect.is_postgresql:
+        assert (shared < 12, alone) == (True, 24), shared
+    else:
+        assert (shared, alone) == (24, 24)
 
 
 async def test_a_failing_read_among_concurrent_ones_fails_alone(runtime: Runtime) -> None:

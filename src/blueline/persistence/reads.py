@@ -399,39 +399,59 @@ def one_record_plan(root_name: str) -> QueryPlan:
 # Reads of one statement that are in flight together go to PostgreSQL as one statement
 # of copies, `SELECT (q1), (q2), …`, each with its own values: one round trip, one
 # parse of the answer and one executor start instead of one each. Two such statements
-# of one text run at once (one can be on the wire while the next fills), and a batch is
-# bounded so that one statement never holds many slow reads on one backend, and never
-# grows past what the driver keeps prepared.
+# of one text run at once (one can be on the wire while the next fills). A batch never
+# grows past what the driver keeps prepared, nor past a budget of database time, so
+# that cheap reads share statements while expensive ones (a `totalCount` over a large
+# workspace) run alone, side by side on as many connections as the pool has, instead of
+# one after the other in one statement.
 _TOGETHER_CONCURRENCY = 2
 _TOGETHER_MAX = 16
+BATCH_BUDGET_S = 0.002
+# The last column of every statement sent through `BatchedRead`: the time PostgreSQL
+# spent on it, measured by PostgreSQL, so that neither the network nor this process's
+# event loop counts towards a read's cost.
+_SPENT = "extract(epoch FROM clock_timestamp() - statement_timestamp())::float8"
 
 
 class BatchedRead:
     """A compiled read and the batcher that sends its concurrent runs together."""
 
-    __slots__ = ("_copies", "_dialect", "_plan", "_present", "batcher", "compiled", "most")
+    __slots__ = (
+        "_budget_s",
+        "_copies",
+        "_db",
+        "_dialect",
+        "_plan",
+        "_present",
+        "batcher",
+        "compiled",
+        "cost_s",
+        "most",
+    )
 
     def __init__(
-        self, plan: QueryPlan, present: frozenset[str], dialect: Dialect, db: Database
+        self,
+        plan: QueryPlan,
+        present: frozenset[str],
+        dialect: Dialect,
+        db: Database,
+        *,
+        budget_s: float = BATCH_BUDGET_S,
     ) -> None:
         self._plan = plan
         self._present = present
         self._dialect = dialect
+        self._db = db
+        self._budget_s = budget_s
         self.compiled = compile_query(plan, dialect, present)
-        self._copies: dict[int, str] = {1: self.compiled.sql}
-
-        async def run(batch: list[tuple[Any, ...]]) -> list[str]:
-            arguments = batch[0] if len(batch) == 1 else [v for args in batch for v in args]
-            async with db.read() as conn:
-                row = await conn.fetchrow(self.copies(len(batch)), arguments)
-            assert row is not None  # a SELECT without FROM is one row
-            return [str(text) for text in row]
-
-        # `SELECT ` and `(…), ` around each copy.
-        fitting = (CACHEABLE_STATEMENT_CHARS - 7) // (len(self.compiled.sql) + 4)
+        self._copies: dict[int, str] = {}
+        # `SELECT `, `(…), ` around each copy and the time spent.
+        fitting = (CACHEABLE_STATEMENT_CHARS - 10 - len(_SPENT)) // (len(self.compiled.sql) + 4)
         self.most = max(1, min(_TOGETHER_MAX, fitting))
+        # A moving average of one copy's database time (0 until it first runs).
+        self.cost_s = 0.0
         self.batcher: Batcher[tuple[Any, ...], str] = Batcher(
-            run,
+            self._run,
             max_size=self.most,
             concurrency=_TOGETHER_CONCURRENCY,
             # A read that fails for its own values (not for the database) fails alone.
@@ -439,9 +459,26 @@ class BatchedRead:
             name="blueline-reads-together",
         )
 
+    async def submit(self, arguments: tuple[Any, ...]) -> str:
+        if self.batcher.max_size == 1:
+            # Too dear to share: alone, and not held to the batcher's concurrency.
+            return (await self._run([arguments]))[0]
+        return await self.batcher.submit(arguments)
+
+    async def _run(self, batch: list[tuple[Any, ...]]) -> list[str]:
+        arguments = batch[0] if len(batch) == 1 else [v for args in batch for v in args]
+        async with self._db.read() as conn:
+            row = await conn.fetchrow(self.copies(len(batch)), arguments)
+        assert row is not None  # a SELECT without FROM is one row
+        *texts, spent = row
+        sample = max(float(spent) / len(batch), 1e-6)
+        self.cost_s = sample if not self.cost_s else self.cost_s + (sample - self.cost_s) * 0.2
+        self.batcher.max_size = max(1, min(self.most, int(self._budget_s / self.cost_s)))
+        return [str(text) for text in texts]
+
     def copies(self, count: int) -> str:
-        """One statement whose ``count`` columns answer ``count`` runs of this one, the
-        k-th with the k-th run's values."""
+        """One statement whose first ``count`` columns answer ``count`` runs of this
+        one, the k-th with the k-th run's values, and whose last is the time spent."""
         sql = self._copies.get(count)
         if sql is None:
             width = len(self.compiled.slots)
@@ -449,15 +486,19 @@ class BatchedRead:
                 compile_query(self._plan, self._dialect, self._present, offset=k * width).sql
                 for k in range(count)
             )
-            sql = self._copies[count] = "SELECT " + ", ".join(f"({part})" for part in parts)
+            sql = "SELECT " + ", ".join(f"({part})" for part in parts) + f", {_SPENT}"
+            self._copies[count] = sql
         return sql
 
 
 class Reads:
     """Runs compiled reads; statements are compiled once per plan and variant."""
 
-    def __init__(self, db: Database, *, max_statements: int = 2048) -> None:
+    def __init__(
+        self, db: Database, *, max_statements: int = 2048, batch_budget_s: float = BATCH_BUDGET_S
+    ) -> None:
         self._db = db
+        self._budget_s = batch_budget_s
         self._compiled: dict[tuple[QueryPlan, frozenset[str]], BatchedRead] = {}
         self._optional: dict[QueryPlan, tuple[str, ...]] = {}
         self._max = max_statements
@@ -474,7 +515,7 @@ class Reads:
                 # Batches in flight keep their statement; only the lookup forgets it.
                 self._compiled.clear()
                 self._optional.clear()
-            entry = BatchedRead(plan, present, self._db.dialect, self._db)
+            entry = BatchedRead(plan, present, self._db.dialect, self._db, budget_s=self._budget_s)
             self._compiled[key] = entry
         return entry
 
@@ -486,7 +527,7 @@ class Reads:
         entry = self._entry(plan, values)
         arguments = entry.compiled.parameters(values)
         if self._db.dialect.is_postgresql:
-            return await entry.batcher.submit(arguments)
+            return await entry.submit(arguments)
         # SQLite answers one statement at a time anyway: nothing to share.
         async with self._db.read() as conn:
             text: str = await conn.fetchval(entry.compiled.sql, arguments)
