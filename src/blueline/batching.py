@@ -3,7 +3,9 @@ get their own result; workers process whatever has queued as one batch.
 
 Under load a batch holds everything that arrived while the previous ones ran, so the
 fixed cost of a round trip, a transaction or a commit is shared; alone, an item is a
-batch of one and waits for nobody. Up to ``concurrency`` batches run at once. Items
+batch of one and waits for nobody. Up to ``concurrency`` batches run at once, and up to
+``full_concurrency`` when enough is waiting to fill a batch (a full batch gains nothing
+by waiting). Items
 with the same ``key`` never share a batch, nor run in two batches at once (the later
 waits), so a batch can treat its items as independent. Items of the same ``group`` may
 share a batch but never run in two at once: a group whose batch is running waits for
@@ -34,6 +36,7 @@ class Batcher(Generic[T, R]):
         *,
         max_size: int = 64,
         concurrency: int = 1,
+        full_concurrency: int | None = None,
         key: Callable[[T], Hashable] | None = None,
         group: Callable[[T], Hashable] | None = None,
         alone_on: Callable[[Exception], bool] = lambda _exc: False,
@@ -44,6 +47,7 @@ class Batcher(Generic[T, R]):
         # Public so that its owner can resize batches as it learns their cost.
         self.max_size = max_size
         self._concurrency = concurrency
+        self._full_concurrency = max(concurrency, full_concurrency or concurrency)
         self._key = key
         self._group = group
         self._name = name
@@ -60,7 +64,12 @@ class Batcher(Generic[T, R]):
 
     def _start(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._queue and len(self._running) < self._concurrency:
+        while self._queue:
+            running = len(self._running)
+            if running >= self._concurrency and (
+                running >= self._full_concurrency or len(self._queue) < self.max_size
+            ):
+                return
             batch = self._take()
             if not batch:
                 return

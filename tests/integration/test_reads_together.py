@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import graphql
 import pytest
 
 from blueline.access import create_api_key
+from blueline.api.planning import PlanKey, plan_query
+from blueline.api.schema import build_schema
 from blueline.domain import Origin
 from blueline.persistence.database import CACHEABLE_STATEMENT_CHARS, observing_statements
 from blueline.persistence.dialect import POSTGRESQL
@@ -17,9 +20,11 @@ from blueline.persistence.reads import (
     Reads,
     list_records_plan,
     one_record_plan,
+    optional_slots,
     root_slot,
 )
 from blueline.runtime import Runtime
+from blueline.selection import QueryPlan
 
 
 def _by_id(object_id: Any) -> dict[str, Any]:
@@ -110,16 +115,33 @@ async def test_a_failing_read_among_concurrent_ones_fails_alone(runtime: Runtime
     assert all(answer == '{"imessageSetup":null}' for i, answer in enumerate(answers) if i != 5)
 
 
+def _planned(document: str) -> QueryPlan:
+    parsed = graphql.parse(document)
+    operation = parsed.definitions[0]
+    assert isinstance(operation, graphql.OperationDefinitionNode)
+    plan = plan_query(build_schema()._schema, parsed, operation, PlanKey(None, ()))
+    assert plan is not None
+    return plan
+
+
+# Its copies grow past the first copy's length times their number: later placeholders
+# are longer (`$1` becomes `$49`).
+_AUDIT = "auditEvents(setupId: $s, after: $a) { edges { node { id } } }"
+_WIDE = "query($s: ID!, $a: String) { " + " ".join(f"e{i}: {_AUDIT}" for i in range(3)) + " }"
+
+
 @pytest.mark.parametrize(
     "plan",
     [
         one_record_plan("imessageSetup"),
         one_record_plan("node"),
         list_records_plan("imessageSetups", with_total=True),
+        _planned(_WIDE),
     ],
-    ids=["setup", "node", "list"],
+    ids=["setup", "node", "list", "wide"],
 )
 def test_reads_sent_together_stay_within_what_the_driver_keeps_prepared(plan: Any) -> None:
-    entry = BatchedRead(plan, frozenset(), POSTGRESQL, None)  # type: ignore[arg-type]
+    present = frozenset(optional_slots(plan))
+    entry = BatchedRead(plan, present, POSTGRESQL, None)  # type: ignore[arg-type]
     assert len(entry.copies(entry.most)) <= CACHEABLE_STATEMENT_CHARS
     assert entry.most == 16 or len(entry.copies(entry.most + 1)) > CACHEABLE_STATEMENT_CHARS

@@ -130,3 +130,38 @@ async def test_an_item_its_key_holds_back_does_not_hold_back_its_group() -> None
     assert await asyncio.wait_for(free, 1) == "y"
     gate.set()
     assert list(await asyncio.wait_for(asyncio.gather(held, blocked), 1)) == ["x", "x"]
+
+
+async def test_full_batches_start_beyond_the_concurrency_and_partial_ones_wait() -> None:
+    running = 0
+    most = 0
+    release = asyncio.Event()
+
+    async def process(items: list[int]) -> list[int]:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await release.wait()
+        running -= 1
+        return items
+
+    batcher: Batcher[int, int] = Batcher(process, max_size=2, concurrency=1, full_concurrency=3)
+    # One runs at once; then every pair waiting is a full batch and starts, up to three.
+    waiting = [asyncio.ensure_future(batcher.submit(n)) for n in range(9)]
+    await asyncio.sleep(0.01)
+    assert running == 3
+    release.set()
+    assert await asyncio.gather(*waiting) == list(range(9))
+    assert most == 3
+
+    release.clear()
+    most = 0
+    # A lone item beyond the concurrency waits for the running batch.
+    first = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(batcher.submit(2))
+    await asyncio.sleep(0.01)
+    assert running == 1
+    release.set()
+    assert await asyncio.gather(first, second) == [1, 2]
+    assert most == 1

@@ -13,6 +13,8 @@ slots; :class:`CompiledRead` lists them in placeholder order.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -399,17 +401,19 @@ def one_record_plan(root_name: str) -> QueryPlan:
 # Reads of one statement that are in flight together go to PostgreSQL as one statement
 # of copies, `SELECT (q1), (q2), …`, each with its own values: one round trip, one
 # parse of the answer and one executor start instead of one each. Two such statements
-# of one text run at once (one can be on the wire while the next fills). A batch never
-# grows past what the driver keeps prepared, nor past a budget of database time, so
-# that cheap reads share statements while expensive ones (a `totalCount` over a large
-# workspace) run alone, side by side on as many connections as the pool has, instead of
-# one after the other in one statement.
+# of one text run at once (one can be on the wire while the next fills), more while
+# full batches wait, up to the pool's size. A batch never grows past what the driver
+# keeps prepared, nor past a budget of database time, so that cheap reads share
+# statements while expensive ones (a `totalCount` over a large workspace) run alone,
+# side by side on the pool's connections, instead of one after the other in one
+# statement.
 _TOGETHER_CONCURRENCY = 2
 _TOGETHER_MAX = 16
 BATCH_BUDGET_S = 0.002
 # The last column of every statement sent through `BatchedRead`: the time PostgreSQL
-# spent on it, measured by PostgreSQL, so that neither the network nor this process's
-# event loop counts towards a read's cost.
+# spent executing it, measured by PostgreSQL, so that neither the network nor this
+# process's event loop counts towards a read's cost (planning, done at bind, does not
+# count either).
 _SPENT = "extract(epoch FROM clock_timestamp() - statement_timestamp())::float8"
 
 
@@ -419,6 +423,7 @@ class BatchedRead:
     __slots__ = (
         "_budget_s",
         "_copies",
+        "_counted",
         "_db",
         "_dialect",
         "_plan",
@@ -437,7 +442,10 @@ class BatchedRead:
         db: Database,
         *,
         budget_s: float = BATCH_BUDGET_S,
+        pool_size: int = _TOGETHER_CONCURRENCY,
+        counted: Callable[[int], None] = lambda _chars: None,
     ) -> None:
+        self._counted = counted
         self._plan = plan
         self._present = present
         self._dialect = dialect
@@ -445,60 +453,79 @@ class BatchedRead:
         self._budget_s = budget_s
         self.compiled = compile_query(plan, dialect, present)
         self._copies: dict[int, str] = {}
-        # `SELECT `, `(…), ` around each copy and the time spent.
-        fitting = (CACHEABLE_STATEMENT_CHARS - 10 - len(_SPENT)) // (len(self.compiled.sql) + 4)
-        self.most = max(1, min(_TOGETHER_MAX, fitting))
+        # Later copies have longer placeholders, so the estimate is checked on the text.
+        estimate = CACHEABLE_STATEMENT_CHARS // (len(self.compiled.sql) + 4)
+        self.most = max(1, min(_TOGETHER_MAX, estimate))
+        while self.most > 1 and len(self._copy_text(self.most)) > CACHEABLE_STATEMENT_CHARS:
+            self.most -= 1
         # A moving average of one copy's database time (0 until it first runs).
         self.cost_s = 0.0
         self.batcher: Batcher[tuple[Any, ...], str] = Batcher(
             self._run,
             max_size=self.most,
             concurrency=_TOGETHER_CONCURRENCY,
+            full_concurrency=pool_size,
             # A read that fails for its own values (not for the database) fails alone.
             alone_on=lambda exc: not isinstance(exc, StorageUnavailable),
             name="blueline-reads-together",
         )
 
-    async def submit(self, arguments: tuple[Any, ...]) -> str:
-        if self.batcher.max_size == 1:
-            # Too dear to share: alone, and not held to the batcher's concurrency.
-            return (await self._run([arguments]))[0]
-        return await self.batcher.submit(arguments)
-
     async def _run(self, batch: list[tuple[Any, ...]]) -> list[str]:
         arguments = batch[0] if len(batch) == 1 else [v for args in batch for v in args]
-        async with self._db.read() as conn:
-            row = await conn.fetchrow(self.copies(len(batch)), arguments)
+        started = time.perf_counter()
+        try:
+            async with self._db.read() as conn:
+                row = await conn.fetchrow(self.copies(len(batch)), arguments)
+        except StorageUnavailable:
+            # A batch past the statement timeout teaches the cost too (timed here, the
+            # only clock there is), so the next runs go alone rather than time out.
+            self._learn(time.perf_counter() - started, len(batch))
+            raise
         assert row is not None  # a SELECT without FROM is one row
         *texts, spent = row
-        sample = max(float(spent) / len(batch), 1e-6)
+        self._learn(float(spent), len(batch))
+        return [str(text) for text in texts]
+
+    def _learn(self, spent_s: float, count: int) -> None:
+        sample = max(spent_s / count, 1e-6)
         self.cost_s = sample if not self.cost_s else self.cost_s + (sample - self.cost_s) * 0.2
         self.batcher.max_size = max(1, min(self.most, int(self._budget_s / self.cost_s)))
-        return [str(text) for text in texts]
 
     def copies(self, count: int) -> str:
         """One statement whose first ``count`` columns answer ``count`` runs of this
         one, the k-th with the k-th run's values, and whose last is the time spent."""
         sql = self._copies.get(count)
         if sql is None:
-            width = len(self.compiled.slots)
-            parts = (
-                compile_query(self._plan, self._dialect, self._present, offset=k * width).sql
-                for k in range(count)
-            )
-            sql = "SELECT " + ", ".join(f"({part})" for part in parts) + f", {_SPENT}"
-            self._copies[count] = sql
+            sql = self._copies[count] = self._copy_text(count)
+            self._counted(len(sql))
         return sql
+
+    def _copy_text(self, count: int) -> str:
+        width = len(self.compiled.slots)
+        parts = (
+            compile_query(self._plan, self._dialect, self._present, offset=k * width).sql
+            for k in range(count)
+        )
+        return "SELECT " + ", ".join(f"({part})" for part in parts) + f", {_SPENT}"
 
 
 class Reads:
     """Runs compiled reads; statements are compiled once per plan and variant."""
 
     def __init__(
-        self, db: Database, *, max_statements: int = 2048, batch_budget_s: float = BATCH_BUDGET_S
+        self,
+        db: Database,
+        *,
+        max_statements: int = 2048,
+        max_chars: int = 32 * 1024 * 1024,
+        batch_budget_s: float = BATCH_BUDGET_S,
     ) -> None:
         self._db = db
         self._budget_s = batch_budget_s
+        # Each read may hold up to 16 statement texts: the cache is bounded by their
+        # size as well as by their number (distinct documents are the caller's choice).
+        self._max_chars = max_chars
+        self._chars = 0
         self._compiled: dict[tuple[QueryPlan, frozenset[str]], BatchedRead] = {}
         self._optional: dict[QueryPlan, tuple[str, ...]] = {}
         self._max = max_statements
@@ -519,6 +546,9 @@ class Reads:
             self._compiled[key] = entry
         return entry
 
+    def _count(self, chars: int) -> None:
+        self._chars += chars
+
     def statement(self, plan: QueryPlan, values: dict[str, Any]) -> CompiledRead:
         return self._entry(plan, values).compiled
 
@@ -527,7 +557,7 @@ class Reads:
         entry = self._entry(plan, values)
         arguments = entry.compiled.parameters(values)
         if self._db.dialect.is_postgresql:
-            return await entry.submit(arguments)
+            return await entry.batcher.submit(arguments)
         # SQLite answers one statement at a time anyway: nothing to share.
         async with self._db.read() as conn:
             text: str = await conn.fetchval(entry.compiled.sql, arguments)
