@@ -163,5 +163,5 @@ async def test_full_batches_start_beyond_the_concurrency_and_partial_ones_wait()
     await asyncio.sleep(0.01)
     assert running == 1
     release.set()
-    assert await asyncio.gather(first, second) == [1, 2]
+    assert list(await asyncio.gather(first, second)) == [1, 2]
     assert most == 1
