@@ -56,6 +56,14 @@ class Batcher(Generic[T, R]):
         self._busy_groups: set[Hashable] = set()
         self._running: set[asyncio.Task[None]] = set()
 
+    @property
+    def full_concurrency(self) -> int:
+        return self._full_concurrency
+
+    @full_concurrency.setter
+    def full_concurrency(self, value: int) -> None:
+        self._full_concurrency = max(self._concurrency, value)
+
     async def submit(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))

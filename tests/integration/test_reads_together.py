@@ -145,3 +145,23 @@ def test_reads_sent_together_stay_within_what_the_driver_keeps_prepared(plan: An
     entry = BatchedRead(plan, present, POSTGRESQL, None)  # type: ignore[arg-type]
     assert len(entry.copies(entry.most)) <= CACHEABLE_STATEMENT_CHARS
     assert entry.most == 16 or len(entry.copies(entry.most + 1)) > CACHEABLE_STATEMENT_CHARS
+
+
+async def test_reads_too_dear_to_share_may_use_the_whole_pool(runtime: Runtime) -> None:
+    plan = one_record_plan("imessageSetup")
+    for budget_s, concurrency in ((1.0, 2), (0.0, runtime.db.limits.raw_pool_size)):
+        reads = Reads(runtime.db, batch_budget_s=budget_s)
+        await reads.data_text(plan, _by_id("setup"))
+        if runtime.db.dialect.is_postgresql:
+            assert reads.entry(plan, _by_id("setup")).batcher.full_concurrency == concurrency
+        await reads.close()
+
+
+async def test_compiled_reads_are_bounded_by_their_total_length(runtime: Runtime) -> None:
+    setup, node = one_record_plan("imessageSetup"), one_record_plan("node")
+    for max_chars, kept in ((32 * 1024 * 1024, True), (1, False)):
+        reads = Reads(runtime.db, max_chars=max_chars)
+        first = reads.statement(setup, _by_id("a"))
+        reads.statement(node, _by_id("a"))  # past the bound: the cache starts again
+        assert (reads.statement(setup, _by_id("a")) is first) is kept
+        await reads.close()

@@ -401,8 +401,8 @@ def one_record_plan(root_name: str) -> QueryPlan:
 # Reads of one statement that are in flight together go to PostgreSQL as one statement
 # of copies, `SELECT (q1), (q2), …`, each with its own values: one round trip, one
 # parse of the answer and one executor start instead of one each. Two such statements
-# of one text run at once (one can be on the wire while the next fills), more while
-# full batches wait, up to the pool's size. A batch never grows past what the driver
+# of one text run at once (one can be on the wire while the next fills); reads that run
+# alone use as many connections as the pool has. A batch never grows past what the driver
 # keeps prepared, nor past a budget of database time, so that cheap reads share
 # statements while expensive ones (a `totalCount` over a large workspace) run alone,
 # side by side on the pool's connections, instead of one after the other in one
@@ -427,6 +427,7 @@ class BatchedRead:
         "_db",
         "_dialect",
         "_plan",
+        "_pool_size",
         "_present",
         "batcher",
         "compiled",
@@ -451,6 +452,7 @@ class BatchedRead:
         self._dialect = dialect
         self._db = db
         self._budget_s = budget_s
+        self._pool_size = pool_size
         self.compiled = compile_query(plan, dialect, present)
         self._copies: dict[int, str] = {}
         # Later copies have longer placeholders, so the estimate is checked on the text.
@@ -464,7 +466,6 @@ class BatchedRead:
             self._run,
             max_size=self.most,
             concurrency=_TOGETHER_CONCURRENCY,
-            full_concurrency=pool_size,
             # A read that fails for its own values (not for the database) fails alone.
             alone_on=lambda exc: not isinstance(exc, StorageUnavailable),
             name="blueline-reads-together",
@@ -489,7 +490,11 @@ class BatchedRead:
     def _learn(self, spent_s: float, count: int) -> None:
         sample = max(spent_s / count, 1e-6)
         self.cost_s = sample if not self.cost_s else self.cost_s + (sample - self.cost_s) * 0.2
-        self.batcher.max_size = max(1, min(self.most, int(self._budget_s / self.cost_s)))
+        size = self.batcher.max_size = max(1, min(self.most, int(self._budget_s / self.cost_s)))
+        # Batches of two or more run two at a time: more at once measured slower on the
+        # list and the tail longer. Reads too dear to share run side by side instead,
+        # the ones already waiting included.
+        self.batcher.full_concurrency = self._pool_size if size == 1 else _TOGETHER_CONCURRENCY
 
     def copies(self, count: int) -> str:
         """One statement whose first ``count`` columns answer ``count`` runs of this
@@ -530,7 +535,7 @@ class Reads:
         self._optional: dict[QueryPlan, tuple[str, ...]] = {}
         self._max = max_statements
 
-    def _entry(self, plan: QueryPlan, values: dict[str, Any]) -> BatchedRead:
+    def entry(self, plan: QueryPlan, values: dict[str, Any]) -> BatchedRead:
         optional = self._optional.get(plan)
         if optional is None:
             optional = self._optional[plan] = optional_slots(plan)
@@ -538,23 +543,33 @@ class Reads:
         key = (plan, present)
         entry = self._compiled.get(key)
         if entry is None:
-            if len(self._compiled) >= self._max:
+            if len(self._compiled) >= self._max or self._chars >= self._max_chars:
                 # Batches in flight keep their statement; only the lookup forgets it.
                 self._compiled.clear()
                 self._optional.clear()
-            entry = BatchedRead(plan, present, self._db.dialect, self._db, budget_s=self._budget_s)
+                self._chars = 0
+            entry = BatchedRead(
+                plan,
+                present,
+                self._db.dialect,
+                self._db,
+                budget_s=self._budget_s,
+                pool_size=self._db.limits.raw_pool_size,
+                counted=self._count,
+            )
             self._compiled[key] = entry
+            self._chars += len(entry.compiled.sql)
         return entry
 
     def _count(self, chars: int) -> None:
         self._chars += chars
 
     def statement(self, plan: QueryPlan, values: dict[str, Any]) -> CompiledRead:
-        return self._entry(plan, values).compiled
+        return self.entry(plan, values).compiled
 
     async def data_text(self, plan: QueryPlan, values: dict[str, Any]) -> str:
         """The JSON text of ``data`` for ``plan`` with these slot values."""
-        entry = self._entry(plan, values)
+        entry = self.entry(plan, values)
         arguments = entry.compiled.parameters(values)
         if self._db.dialect.is_postgresql:
             return await entry.batcher.submit(arguments)
