@@ -360,6 +360,8 @@ class Database:
         await self.engine.dispose()
 
 
+UNAVAILABLE = "the database is unavailable; try again shortly"
+
 # asyncpg's own default, named because `Reads` sizes statements to stay under it: a
 # longer statement is parsed, described and planned anew on every call.
 CACHEABLE_STATEMENT_CHARS = 15 * 1024
@@ -413,5 +415,5 @@ async def _mapped_failures() -> AsyncIterator[None]:
         raise
     except Exception as exc:
         if unavailable(exc):
-            raise StorageUnavailable("the database is unavailable; try again shortly") from exc
+            raise StorageUnavailable(UNAVAILABLE) from exc
         raise

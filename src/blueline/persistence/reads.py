@@ -23,7 +23,7 @@ from blueline import readmodel as rm
 from blueline.batching import Batcher
 from blueline.domain import SetupState
 from blueline.errors import StorageUnavailable
-from blueline.persistence.database import CACHEABLE_STATEMENT_CHARS
+from blueline.persistence.database import CACHEABLE_STATEMENT_CHARS, UNAVAILABLE
 from blueline.persistence.dialect import Dialect, ParamType, json_key, sql_literal
 from blueline.selection import TYPENAME, Alternatives, Pick, QueryPlan, Selection, Slot
 
@@ -462,7 +462,8 @@ class BatchedRead:
             self.most -= 1
         # A moving average of one copy's database time (0 until it first runs).
         self.cost_s = 0.0
-        self.batcher: Batcher[tuple[Any, ...], str] = Batcher(
+        # Each run's values and when it arrived.
+        self.batcher: Batcher[tuple[tuple[Any, ...], float], str | None] = Batcher(
             self._run,
             max_size=self.most,
             concurrency=_TOGETHER_CONCURRENCY,
@@ -471,7 +472,24 @@ class BatchedRead:
             name="blueline-reads-together",
         )
 
-    async def _run(self, batch: list[tuple[Any, ...]]) -> list[str]:
+    async def submit(self, arguments: tuple[Any, ...]) -> str:
+        text = await self.batcher.submit((arguments, time.monotonic()))
+        if text is None:
+            raise StorageUnavailable(UNAVAILABLE)
+        return text
+
+    async def _run(self, batch: list[tuple[tuple[Any, ...], float]]) -> list[str | None]:
+        # A read queued here behind statements of its kind (stuck on a lock, say) has
+        # waited for a connection as surely as one queued in the pool: past the pool's
+        # timeout it is refused, as the pool would refuse it, rather than sent late.
+        now = time.monotonic()
+        wait_s = self._db.limits.pool_timeout_s
+        late = [now - arrived > wait_s for _, arrived in batch]
+        live = [arguments for (arguments, _), over in zip(batch, late, strict=True) if not over]
+        texts = iter(await self._fetch(live) if live else [])
+        return [None if over else next(texts) for over in late]
+
+    async def _fetch(self, batch: list[tuple[Any, ...]]) -> list[str]:
         arguments = batch[0] if len(batch) == 1 else [v for args in batch for v in args]
         started = time.perf_counter()
         try:
@@ -572,7 +590,7 @@ class Reads:
         entry = self.entry(plan, values)
         arguments = entry.compiled.parameters(values)
         if self._db.dialect.is_postgresql:
-            return await entry.batcher.submit(arguments)
+            return await entry.submit(arguments)
         # SQLite answers one statement at a time anyway: nothing to share.
         async with self._db.read() as conn:
             text: str = await conn.fetchval(entry.compiled.sql, arguments)
