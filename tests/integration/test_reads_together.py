@@ -161,7 +161,7 @@ async def test_compiled_reads_are_bounded_by_their_total_length(runtime: Runtime
     setup, node = one_record_plan("imessageSetup"), one_record_plan("node")
     for max_chars, kept in ((32 * 1024 * 1024, True), (1, False)):
         reads = Reads(runtime.db, max_chars=max_chars)
-        first = reads.statement(setup, _by_id("a"))
-        reads.statement(node, _by_id("a"))  # past the bound: the cache starts again
-        assert (reads.statement(setup, _by_id("a")) is first) is kept
+        first = reads.entry(setup, _by_id("a"))
+        reads.entry(node, _by_id("a"))  # past the bound: the cache starts again
+        assert (reads.entry(setup, _by_id("a")) is first) is kept
         await reads.close()

@@ -455,11 +455,7 @@ class BatchedRead:
         self._pool_size = pool_size
         self.compiled = compile_query(plan, dialect, present)
         self._copies: dict[int, str] = {}
-        # Later copies have longer placeholders, so the estimate is checked on the text.
-        estimate = CACHEABLE_STATEMENT_CHARS // (len(self.compiled.sql) + 4)
-        self.most = max(1, min(_TOGETHER_MAX, estimate))
-        while self.most > 1 and len(self._copy_text(self.most)) > CACHEABLE_STATEMENT_CHARS:
-            self.most -= 1
+        self.most = self._most_copies() if dialect.is_postgresql else 1
         # A moving average of one copy's database time (0 until it first runs).
         self.cost_s = 0.0
         # Each run's values and when it arrived.
@@ -523,6 +519,18 @@ class BatchedRead:
             self._counted(len(sql))
         return sql
 
+    def _most_copies(self) -> int:
+        """The most copies that fit in a cacheable statement. A copy's placeholders
+        grow longer with its offset (`$1` becomes `$49`), so the last copy of the
+        first estimate, compiled once, bounds every copy before it."""
+        room = CACHEABLE_STATEMENT_CHARS - len("SELECT ") - len(f", {_SPENT}")
+        estimate = max(1, min(_TOGETHER_MAX, room // (len(self.compiled.sql) + 4)))
+        width = len(self.compiled.slots)
+        last = compile_query(
+            self._plan, self._dialect, self._present, offset=(estimate - 1) * width
+        )
+        return max(1, min(estimate, room // (len(last.sql) + 4)))
+
     def _copy_text(self, count: int) -> str:
         width = len(self.compiled.slots)
         parts = (
@@ -581,9 +589,6 @@ class Reads:
 
     def _count(self, chars: int) -> None:
         self._chars += chars
-
-    def statement(self, plan: QueryPlan, values: dict[str, Any]) -> CompiledRead:
-        return self.entry(plan, values).compiled
 
     async def data_text(self, plan: QueryPlan, values: dict[str, Any]) -> str:
         """The JSON text of ``data`` for ``plan`` with these slot values."""
