@@ -19,6 +19,7 @@ from blueline.runtime import Runtime, open_runtime
 from blueline.settings import SANDBOX_PARTNER_KEY, Settings
 from blueline_sandbox import create_sandbox_app
 from tests.support.asgi_server import free_port, serve_asgi
+from tests.support.clients import http_client
 from tests.support.databases import (
     create_pg_database,
     create_sqlite_template,
@@ -71,7 +72,7 @@ def sandbox_url() -> Iterator[str]:
 @pytest.fixture
 async def sandbox(sandbox_url: str) -> AsyncIterator[httpx.AsyncClient]:
     """A client on the sandbox's control endpoints, reset before and after each test."""
-    async with httpx.AsyncClient(base_url=sandbox_url, timeout=10) as client:
+    async with http_client(sandbox_url, timeout=10) as client:
         await configure_sandbox(client, auto_assign_after_s=None)
         yield client
         await configure_sandbox(client, auto_assign_after_s=None)
@@ -124,7 +125,7 @@ class Api:
     def __init__(self, base_url: str, key: str) -> None:
         self.base_url = base_url
         self.key = key
-        self.http = httpx.AsyncClient(base_url=base_url, timeout=30)
+        self.http = http_client(base_url, timeout=30)
 
     async def graphql(
         self, query: str, variables: dict[str, Any] | None = None, *, key: str | None = None

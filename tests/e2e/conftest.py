@@ -20,6 +20,7 @@ from tests.e2e.support import (
     serve_env,
 )
 from tests.support.asgi_server import free_port
+from tests.support.clients import http_client
 
 
 async def configure_sandbox(sandbox: httpx.AsyncClient, **config: Any) -> dict[str, Any]:
@@ -57,7 +58,7 @@ def sandbox_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Blueli
 @pytest.fixture
 async def sandbox(sandbox_process: BluelineProcess) -> AsyncIterator[httpx.AsyncClient]:
     """The simulator's control API, with its defaults restored before and after a test."""
-    async with httpx.AsyncClient(base_url=sandbox_process.base_url, timeout=10) as client:
+    async with http_client(sandbox_process.base_url, timeout=10) as client:
         await configure_sandbox(client)
         yield client
         await configure_sandbox(client)

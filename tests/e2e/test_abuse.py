@@ -30,6 +30,7 @@ from tests.e2e.support import (
 from tests.integration.test_graphql_setups import create
 from tests.integration.test_subscriptions import UPDATES
 from tests.support.asgi_server import free_port
+from tests.support.clients import http_client
 from tests.support.webhooks import assignment_body, signed_headers, subaccount_of
 from tests.support.ws import graphql_ws
 
@@ -283,7 +284,7 @@ async def test_refused_requests_are_4xx_logged_once_with_their_request_id(
     key = printed_api_key(process.stdout())
     assert key is not None, process.describe()
     sent: dict[str, str] = {}
-    async with httpx.AsyncClient(base_url=process.base_url, timeout=30) as http:
+    async with http_client(process.base_url, timeout=30) as http:
         for n, (case, (method, query, headers, body, status, code)) in enumerate(FAILURES.items()):
             request_id = f"abuse-{n:02d}-{secrets.token_hex(6)}"
             response = await http.request(

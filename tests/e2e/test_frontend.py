@@ -47,6 +47,7 @@ from tests.e2e.support import (
     serve_env,
 )
 from tests.support.asgi_server import HOST, free_port
+from tests.support.clients import http_client
 from tests.support.databases import sqlalchemy_url, truncate_pg
 from tests.support.multipart import multipart_subscription
 from tests.support.node import NODE_DIR, ensure_node_modules, node_path, run_node
@@ -139,7 +140,7 @@ async def frontend(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Frontend]:
     await truncate_pg(pg_dsn)
-    async with httpx.AsyncClient(base_url=sandbox_process.base_url, timeout=10) as sandbox:
+    async with http_client(sandbox_process.base_url, timeout=10) as sandbox:
         await configure_sandbox(sandbox)  # numbers are placed when a test says so
     workdir = tmp_path_factory.mktemp("frontend-serve")
     port = free_port()
@@ -408,7 +409,7 @@ def test_production_serves_no_graphiql(frontend: Frontend) -> None:
 
 @pytest.mark.usefixtures("node_modules")
 async def test_graphiql_works_offline_against_blueline_serve(dev_server: DevServer) -> None:
-    async with httpx.AsyncClient(base_url=dev_server.url, timeout=30) as http:
+    async with http_client(dev_server.url, timeout=30) as http:
         browsing = asyncio.create_task(
             asyncio.to_thread(
                 run_node,
@@ -525,7 +526,7 @@ def _shell(snippet: Snippet, base: str) -> str:
 async def test_the_guides_curl_commands_answer_as_it_says(dev_server: DevServer) -> None:
     env = {**os.environ, "KEY": dev_server.key}
     [expected_refusal] = guide_snippets("json")
-    async with httpx.AsyncClient(base_url=dev_server.url, timeout=30) as http:
+    async with http_client(dev_server.url, timeout=30) as http:
         for snippet in guide_snippets("curl"):
             command = _shell(snippet, dev_server.url)
             if "multipart/mixed" in command:
@@ -588,7 +589,7 @@ async def test_the_guides_operations_run(dev_server: DevServer) -> None:
     rename, suspend, reactivate, release, close all succeed."""
     headers = {"Authorization": f"Bearer {dev_server.key}"}
     ids: dict[str, str] = {}
-    async with httpx.AsyncClient(base_url=dev_server.url, timeout=30) as http:
+    async with http_client(dev_server.url, timeout=30) as http:
         for snippet in guide_snippets("graphql"):
             if snippet.text.lstrip().startswith("subscription"):
                 async with multipart_subscription(
@@ -613,7 +614,7 @@ async def test_the_guides_operations_run(dev_server: DevServer) -> None:
 
 
 async def http_get_setup(dev_server: DevServer, setup_id: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=dev_server.url, timeout=30) as http:
+    async with http_client(dev_server.url, timeout=30) as http:
         answer = await http.post(
             "/graphql",
             json={

@@ -27,6 +27,7 @@ from tests.e2e.support import (
     printed_api_key,
 )
 from tests.support.asgi_server import free_port
+from tests.support.clients import http_client
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
@@ -638,7 +639,7 @@ async def test_production_with_full_configuration_serves_without_graphiql(
     process = procs.serve(port=port, env=env, cwd=tmp_path)
     key = printed_api_key(process.stdout())
     assert key is not None, process.describe()
-    async with httpx.AsyncClient(base_url=process.base_url, timeout=10) as http:
+    async with http_client(process.base_url, timeout=10) as http:
         page = await http.get("/graphql", headers={"Accept": "text/html"})
         assert not page.headers.get("content-type", "").startswith("text/html")
         via_get = await http.get(

@@ -24,6 +24,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from blueline_sandbox import create_sandbox_app, sandbox_state
 from tests.support.asgi_server import free_port, serve_asgi
+from tests.support.clients import http_client
 
 PARTNER_KEY = "test-partner-key"
 AUTH = {"Authorization": f"Bearer {PARTNER_KEY}"}
@@ -98,7 +99,7 @@ def sandbox_url() -> Iterator[str]:
 
 @pytest.fixture
 async def client(sandbox_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=sandbox_url, timeout=5) as http:
+    async with http_client(sandbox_url, timeout=5) as http:
         yield http
 
 
