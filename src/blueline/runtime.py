@@ -27,7 +27,12 @@ from blueline.persistence.eventlog import EventLog
 from blueline.persistence.journal import Journal
 from blueline.persistence.reads import Reads
 from blueline.persistence.setups import SetupStore
-from blueline.provider.client import HttpProviderClient, ProviderClient, RetryPolicy
+from blueline.provider.client import (
+    KEEPALIVE_EXPIRY_S,
+    HttpProviderClient,
+    ProviderClient,
+    RetryPolicy,
+)
 from blueline.provisioning.assignment import Assigner
 from blueline.provisioning.lifecycle import Lifecycle
 from blueline.provisioning.service import Provisioning, RecoveryReport
@@ -161,7 +166,11 @@ async def open_runtime(
     vault = load_vault(settings)
     owned_http = http is None
     client = http or httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        limits=httpx.Limits(
+            max_connections=100,
+            max_keepalive_connections=20,
+            keepalive_expiry=KEEPALIVE_EXPIRY_S,
+        )
     )
     bus = create_bus(settings.redis_url_value, settings.subscriber_queue_size, detached=command)
     metrics().subscribers.set_function(lambda: bus.hub.subscriber_count)

@@ -26,6 +26,11 @@ _RETRYABLE = frozenset({408, 425, 429})
 # Answers and failures after which the provider cannot have acted on the request.
 _NOT_PROCESSED = frozenset({408, 425, 429, 503})
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# How long an idle connection to the provider is kept for reuse: under the idle
+# timeouts common servers close connections at (gunicorn 2 s, uvicorn and Node 5 s).
+# A call sent on a connection the server is just closing is reset, and a call that is
+# not idempotent cannot be retried after a reset (the provider may have acted on it).
+KEEPALIVE_EXPIRY_S = 1.5
 
 
 @dataclass(frozen=True)
