@@ -25,6 +25,7 @@ from litestar.types import Receive, Scope, Send
 
 from blueline.api import responses
 from blueline.api.auth import ApiKeyAuthentication
+from blueline.api.connections import bounded_http_protocol
 from blueline.api.direct import Direct
 from blueline.api.http import (
     failure,
@@ -317,6 +318,12 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # Line updates are small: compression costs more memory per socket (~34 KiB) and
         # CPU per frame than it saves.
         "ws_per_message_deflate": False,
+        # uvicorn's own protocol buffers a head of any size and waits for a silent or
+        # dribbling client forever.
+        "http": bounded_http_protocol(
+            head_timeout_s=settings.http_head_timeout_s,
+            body_timeout_s=settings.http_body_timeout_s,
+        ),
         # A GraphQL message over WebSocket has the same bound as a request body.
         "ws_max_size": settings.graphql_max_body_bytes,
         "timeout_graceful_shutdown": 10,

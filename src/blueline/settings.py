@@ -140,6 +140,12 @@ class Settings(BaseSettings):
     # Largest GraphQL request body, and WebSocket message, accepted.
     graphql_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
 
+    # One HTTP request's head must arrive within this of the connection opening (or of
+    # its first byte after the previous response), its body within the other of the
+    # head; past either the connection closes (a 408 for the head).
+    http_head_timeout_s: float = Field(default=20.0, gt=0)
+    http_body_timeout_s: float = Field(default=60.0, gt=0)
+
     # WebSockets: connection_init must come within this; caps per process and per
     # client address; operations per socket.
     ws_init_timeout_s: float = Field(default=10.0, gt=0)

@@ -9,6 +9,7 @@ visited, tasks left behind), never by how long it took: timing is measured in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hmac
 import itertools
@@ -44,6 +45,7 @@ from websockets.typing import Subprotocol
 from blueline import ids
 from blueline.access import _check_name as check_workspace_name
 from blueline.access import create_api_key
+from blueline.api.connections import MAX_HEAD_BYTES
 from blueline.api.documents import (
     MAX_MUTATION_FIELDS,
     MAX_REPEATED_FIELD,
@@ -372,6 +374,188 @@ async def test_bodies_over_the_bound_get_413_with_or_without_a_length(served: Se
         [error] = response.json()["errors"]
         assert error["extensions"]["code"] == "PAYLOAD_TOO_LARGE"
         assert error["extensions"]["requestId"] == response.headers["x-request-id"]
+
+
+# ------------------------------------------------------------- connection bounds
+
+# Short deadlines, so the drills below see them; what a test waits for a closing is
+# far past them, so only a connection the server never closes fails it.
+CONNECTION_DEADLINE_S = 0.5
+CLOSED_WITHIN_S = 10.0
+
+
+@pytest.fixture
+async def strict(
+    database_url: str, sandbox_url: str, sandbox: httpx.AsyncClient
+) -> AsyncIterator[Served]:
+    settings = abuse_settings(
+        database_url,
+        sandbox_url,
+        http_head_timeout_s=CONNECTION_DEADLINE_S,
+        http_body_timeout_s=CONNECTION_DEADLINE_S,
+    )
+    async with serving(settings) as s:
+        yield s
+
+
+@asynccontextmanager
+async def raw_connection(
+    url: str,
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def until_closed(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    async with asyncio.timeout(CLOSED_WITHIN_S):
+        try:
+            return await reader.read()
+        except ConnectionResetError:
+            return b""
+
+
+def head(key: str, *extra: bytes, length: int = 2) -> bytes:
+    lines = [
+        b"POST /graphql HTTP/1.1",
+        b"Host: 127.0.0.1",
+        b"Content-Type: application/json",
+        b"Authorization: Bearer " + key.encode(),
+        b"Content-Length: " + str(length).encode(),
+        *extra,
+    ]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+QUERY_BODY = json.dumps({"query": LIST}).encode()
+
+
+async def read_response(reader: asyncio.StreamReader) -> bytes:
+    """One response off a kept-alive connection: its status line."""
+    status, *headers = (await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")
+    [length] = [h.split(b":")[1] for h in headers if h.lower().startswith(b"content-length:")]
+    await reader.readexactly(int(length))
+    return status
+
+
+async def test_heads_over_32_kib_get_431_whether_one_header_or_many(strict: Served) -> None:
+    def request(extra: list[bytes]) -> bytes:
+        return head(strict.key, *extra, length=len(QUERY_BODY)) + QUERY_BODY
+
+    pads = [b"X-Pad-%d: %s" % (n, b"a" * 1000) for n in range(34)]
+    under = request(pads[:30])  # about 30 KiB
+    one_big = request([b"X-Pad: " + b"a" * (MAX_HEAD_BYTES + 1)])
+    many = request(pads)
+    cases = {
+        "under, in one write": [under],
+        "under, in pieces": [under[:20_000], under[20_000:]],
+        "one big header": [one_big],
+        "many headers, in one write": [many],
+        "many headers, in pieces": [many[:20_000], many[20_000:]],
+    }
+    answers = {}
+    for name, pieces in cases.items():
+        async with raw_connection(strict.url) as (reader, writer):
+            for piece in pieces:
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(0.05)  # so the server reads the pieces apart
+            answers[name] = await reader.readuntil(b"\r\n")
+            if name.startswith("under"):
+                continue
+            rest = await until_closed(reader)
+            assert b"request line and headers exceed 32 KiB" in rest, rest
+    ok, too_large = b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    assert answers == {name: ok if name.startswith("under") else too_large for name in cases}, (
+        answers
+    )
+
+
+async def test_a_head_that_never_ends_is_refused_before_it_is_all_held(strict: Served) -> None:
+    async with raw_connection(strict.url) as (reader, writer):
+        writer.write(b"POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: ")
+        sent = 0
+        answer = b""
+        # A megabyte in pieces; the server answers once it has read past the bound.
+        with contextlib.suppress(ConnectionError):
+            for _ in range(64):
+                writer.write(b"a" * 16384)
+                await writer.drain()
+                sent += 16384
+                with contextlib.suppress(TimeoutError):
+                    answer = await asyncio.wait_for(reader.read(200), 0.05)
+                if answer:
+                    break
+        answer = answer or await until_closed(reader)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer
+    assert sent < 1024 * 1024, sent
+
+
+async def test_silent_and_dribbling_clients_get_408_and_lose_the_connection(strict: Served) -> None:
+    async with raw_connection(strict.url) as (reader, _writer):
+        silent = await until_closed(reader)
+    async with raw_connection(strict.url) as (reader, writer):
+
+        async def dribble() -> None:
+            with contextlib.suppress(ConnectionError):
+                for byte in head(strict.key):
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+
+        dribbling = asyncio.create_task(dribble())
+        dribbled = await until_closed(reader)
+        dribbling.cancel()
+    for answer in (silent, dribbled):
+        assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer
+    assert (await strict.graphql(LIST)).status_code == 200
+
+
+async def test_a_body_slower_than_its_deadline_loses_the_connection_and_its_task(
+    strict: Served,
+) -> None:
+    def requests_running() -> int:
+        return sum("run_asgi" in repr(t.get_coro()) for t in server_tasks())
+
+    async with raw_connection(strict.url) as (reader, writer):
+        writer.write(head(strict.key, length=len(QUERY_BODY)) + QUERY_BODY[:5])
+        await asyncio.sleep(0.1)
+        waiting = requests_running()
+        answer = await until_closed(reader)
+    # Closed unanswered (the request never had all its body), and the request's task,
+    # which was waiting for the rest, has ended.
+    assert answer == b"", answer
+    assert waiting == 1
+    for _ in range(100):
+        if requests_running() == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert requests_running() == 0
+    assert (await strict.graphql(LIST)).status_code == 200
+
+
+async def test_a_kept_alive_connection_idle_past_the_head_deadline_is_still_served(
+    strict: Served,
+) -> None:
+    request = head(strict.key, length=len(QUERY_BODY)) + QUERY_BODY
+    async with raw_connection(strict.url) as (reader, writer):
+        statuses = []
+        for pause in (0.0, CONNECTION_DEADLINE_S * 3):
+            await asyncio.sleep(pause)
+            writer.write(request)
+            statuses.append(await read_response(reader))
+        # Three at once, and a body of nearly the whole bound in the same read as its head.
+        big = body_of(padded(strict.settings.graphql_max_body_bytes))
+        writer.write(request * 3 + head(strict.key, length=len(big)) + big)
+        async with asyncio.timeout(CLOSED_WITHIN_S):
+            statuses += [await read_response(reader) for _ in range(4)]
+    assert statuses == [b"HTTP/1.1 200 OK"] * 6
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
