@@ -540,6 +540,24 @@ async def test_a_body_slower_than_its_deadline_loses_the_connection_and_its_task
     assert (await strict.graphql(LIST)).status_code == 200
 
 
+async def test_a_stalled_head_behind_a_running_stream_closes_without_a_stray_answer(
+    strict: Served,
+) -> None:
+    """A request pipelined behind a multipart subscription waits for it; when its head
+    stalls past the deadline, the connection closes and no 408 lands in the stream."""
+    subscribe = json.dumps({"query": SUBSCRIPTION}).encode()
+    stream = head(
+        strict.key, b"Accept: multipart/mixed;subscriptionSpec=1.0", length=len(subscribe)
+    )
+    async with raw_connection(strict.url) as (reader, writer):
+        writer.write(stream + subscribe)
+        status = await reader.readuntil(b"\r\n")
+        writer.write(b"POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and no more
+        rest = await until_closed(reader)
+    assert status == b"HTTP/1.1 200 OK\r\n"
+    assert b"HTTP/1.1" not in rest, rest[-300:]
+
+
 async def test_a_kept_alive_connection_idle_past_the_head_deadline_is_still_served(
     strict: Served,
 ) -> None:

@@ -169,9 +169,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, answer: bytes) -> None:
         self._refused = True
         self._phase = None
-        if not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        # Behind a pipelined request still being answered, an answer written now would
+        # land inside that one's: the connection just closes.
+        if self.cycle is None or self.cycle.response_complete:
             self.transport.write(answer)
-            self.transport.close()
+        self.transport.close()
 
 
 def bounded_http_protocol(
