@@ -558,6 +558,73 @@ async def test_a_stalled_head_behind_a_running_stream_closes_without_a_stray_ans
     assert b"HTTP/1.1" not in rest, rest[-300:]
 
 
+async def test_bytes_that_begin_no_request_leave_the_keep_alive_timeout_running(
+    strict: Served,
+) -> None:
+    """A blank line after an answer, or a body sent after the answer its head got, used
+    to stop uvicorn's keep-alive timer for good: the connection stayed open forever."""
+    request = head(strict.key, length=len(QUERY_BODY)) + QUERY_BODY
+    refused_early = head("bl_live_" + "x" * 43, length=len(QUERY_BODY))
+    closings = []
+    for first, then in ((request, b"\r\n"), (refused_early, QUERY_BODY)):
+        async with raw_connection(strict.url) as (reader, writer):
+            writer.write(first)
+            status = await read_response(reader)
+            writer.write(then)
+            closings.append((status, await until_closed(reader)))
+    assert closings == [(b"HTTP/1.1 200 OK", b""), (b"HTTP/1.1 401 Unauthorized", b"")]
+
+
+async def test_trailers_are_held_to_the_head_bound(strict: Served) -> None:
+    """uvicorn adds a chunked body's trailers to the request's headers: without a
+    bound, one connection could send gigabytes of them within the body deadline."""
+    body = b"%x\r\n%s\r\n0\r\n" % (len(QUERY_BODY), QUERY_BODY)
+    trailers = b"".join(b"X-Trailer-%d: %s\r\n" % (n, b"a" * 1000) for n in range(40))
+    chunked = head(strict.key, length=0).replace(
+        b"Content-Length: 0", b"Transfer-Encoding: chunked"
+    )
+    async with raw_connection(strict.url) as (reader, writer):
+        writer.write(chunked + body + trailers + b"\r\n")
+        answer = await until_closed(reader)
+    assert not answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    async with raw_connection(strict.url) as (reader, writer):
+        writer.write(chunked + body + b"X-Trailer: small\r\n\r\n")
+        assert await read_response(reader) == b"HTTP/1.1 200 OK"
+
+
+async def test_an_unfinished_head_over_the_bound_in_one_read_gets_431_at_once(
+    strict: Served,
+) -> None:
+    async with raw_connection(strict.url) as (reader, writer):
+        writer.write(b"POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 100_000)
+        answer = await until_closed(reader)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:100]
+
+
+async def test_a_request_queued_behind_a_stream_keeps_the_stream_open(strict: Served) -> None:
+    """uvicorn stops reading once a pipelined request's head is in, until the request
+    before is answered: the queued body's deadline must not run meanwhile."""
+    subscribe = json.dumps({"query": SUBSCRIPTION}).encode()
+    stream = head(
+        strict.key, b"Accept: multipart/mixed;subscriptionSpec=1.0", length=len(subscribe)
+    )
+    queued = head(strict.key, length=len(QUERY_BODY)) + QUERY_BODY
+    async with raw_connection(strict.url) as (reader, writer):
+        writer.write(stream + subscribe)
+        assert await reader.readuntil(b"\r\n") == b"HTTP/1.1 200 OK\r\n"
+        writer.write(queued[:-5])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(queued[-5:])
+        await asyncio.sleep(CONNECTION_DEADLINE_S * 4)
+        assert not reader.at_eof()
+        # Still streaming: reads end by timeout, not by the connection closing.
+        with contextlib.suppress(TimeoutError):
+            while await asyncio.wait_for(reader.read(4096), CONNECTION_DEADLINE_S):
+                pass
+        assert not reader.at_eof()
+
+
 async def test_a_kept_alive_connection_idle_past_the_head_deadline_is_still_served(
     strict: Served,
 ) -> None:

@@ -3,16 +3,23 @@
 uvicorn (0.55, httptools) buffers a request head of any size, and arms no timer
 while a connection is silent before its first request or sends its head or body a
 byte at a time: a handful of clients could hold memory and sockets without limit.
-The protocol here is uvicorn's own, with three bounds added:
+The protocol here is uvicorn's own, with these bounds added:
 
 - the request line and headers together: past ``MAX_HEAD_BYTES`` the answer is 431
-  and the connection closes (memory held: the bound plus a read or two from the socket);
+  and the connection closes. What the parser hands over is measured (padding it
+  skips is not), and while a head is incomplete the bytes read since it began are:
+  what one connection holds is the bound, plus at most one read from the socket
+  when the head began behind another request in that read;
+- a chunked body's trailers (which uvicorn adds to the request's headers) are held
+  to the same bound;
 - the head must be complete within ``head_timeout_s`` of the connection opening or of
   its first byte after the previous response (a 408, then the connection closes);
-- the body must be complete within ``body_timeout_s`` of the head: the connection
-  closes, and the application sees the client gone.
-
-Between requests uvicorn's own keep-alive timeout applies, as before.
+- the body must be complete within ``body_timeout_s`` of the head, or, for a request
+  queued behind another (uvicorn stops reading until that one is answered), of the
+  moment it starts: the connection closes, and the application sees the client gone;
+- between requests uvicorn's own keep-alive timeout applies, also after bytes that
+  begin no request (a blank line, or a body sent after its answer), which would
+  otherwise have stopped that timer for good.
 """
 
 from __future__ import annotations
@@ -68,11 +75,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._phase: _Phase | None = _Phase.HEAD
         self._deadline_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        # Bytes read since this head began, and the size of the read it began in
-        # (part of which may belong to the request before); the current read's size.
+        # Bytes read since this head began, and how much of the read it began in is
+        # not held against it (all of it when a request ended earlier in that read);
+        # the current read's size, and whether a request ended in it.
         self._head_reads = 0
         self._begin_read = 0
         self._read_size = 0
+        self._ended_in_read = False
+        self._trailer_bytes = 0
+        # A request whose head came while the one before was still being answered.
+        self._queued_body = False
+        self._upgraded = False
         self._refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -88,14 +101,29 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._read_size = len(data)
+        self._ended_in_read = False
         super().data_received(data)
-        if self._phase is _Phase.HEAD and not self.transport.is_closing():
+        self._read_size = 0
+        if self._upgraded or self.transport.is_closing():
+            return
+        if self._phase is _Phase.HEAD:
             # Still in a head after the whole read: the parser holds what it could
             # not hand over yet (a header not complete), so the reads are the bound.
-            self._head_reads += self._read_size
+            self._head_reads += len(data)
             if self._head_reads - self._begin_read > MAX_HEAD_BYTES:
                 self._refuse(HEAD_TOO_LARGE)
-        self._read_size = 0
+        elif (
+            self._phase is None
+            and self.timeout_keep_alive_task is None
+            and not self.pipeline
+            and self.cycle is not None
+            and self.cycle.response_complete
+        ):
+            # Answered, and these bytes began no request: uvicorn stopped its
+            # keep-alive timer when they arrived and only sets it after an answer.
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn answers 400 to a parser error, which is how a refused head stops
@@ -106,11 +134,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_reads = 0
-        self._begin_read = self._read_size
+        self._begin_read = self._read_size if self._ended_in_read else 0
+        self._trailer_bytes = 0
         if self._phase is None:
             # The first byte after a request on a kept-alive connection; the first
             # request on a new one keeps the deadline set when it opened.
             self._expect(_Phase.HEAD, self.head_timeout_s)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._phase is not _Phase.HEAD:
+            # A chunked body's trailers, which uvicorn adds to the request's headers.
+            self._trailer_bytes += len(name) + len(value) + 4
+            if self._trailer_bytes > MAX_HEAD_BYTES:
+                self._refuse(HEAD_TOO_LARGE)
+                raise HeadTooLarge
+        HttpToolsProtocol.on_header(self, name, value)
 
     def on_headers_complete(self) -> None:
         # Measured only when what was read since the head began could hold more.
@@ -120,16 +158,31 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         ):
             self._refuse(HEAD_TOO_LARGE)
             raise HeadTooLarge
-        self._expect(_Phase.BODY, self.body_timeout_s)
+        if self.cycle is not None and not self.cycle.response_complete:
+            # uvicorn queues this request and stops reading until the one before is
+            # answered: its body cannot come sooner, so its deadline starts then.
+            self._phase = None
+            self._queued_body = True
+        else:
+            self._expect(_Phase.BODY, self.body_timeout_s)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         self._phase = None
+        self._queued_body = False
+        self._ended_in_read = True
         super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._queued_body and not self.transport.is_closing():
+            self._queued_body = False
+            self._expect(_Phase.BODY, self.body_timeout_s)
 
     def handle_websocket_upgrade(self) -> None:
         # The WebSocket protocol keeps its own bounds from here on.
         self._phase = None
+        self._upgraded = True
         super().handle_websocket_upgrade()
 
     def _head_size(self) -> int:
