@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import time
 from typing import Any
 
@@ -81,18 +82,21 @@ async def per_request_us(protocol: type[HttpToolsProtocol], requests: int) -> fl
 
 async def main(requests: int, rounds: int) -> None:
     bounded = bounded_http_protocol(head_timeout_s=20.0, body_timeout_s=60.0)
+    ratios = []
     for n in range(rounds):
         stock = await per_request_us(HttpToolsProtocol, requests)
         ours = await per_request_us(bounded, requests)
+        ratios.append(ours / stock)
         print(
             f"round {n + 1}: uvicorn {stock:.1f} us/request, bounded {ours:.1f} us/request "
             f"({ours / stock:.2f}x)"
         )
+    print(f"median ratio over {rounds} rounds: {statistics.median(ratios):.2f}x")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
     asyncio.run(main(args.requests, args.rounds))
