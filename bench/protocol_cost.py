@@ -81,7 +81,9 @@ async def per_request_us(protocol: type[HttpToolsProtocol], requests: int) -> fl
 
 
 async def main(requests: int, rounds: int) -> None:
-    bounded = bounded_http_protocol(head_timeout_s=20.0, body_timeout_s=60.0)
+    bounded = bounded_http_protocol(
+        head_timeout_s=20.0, body_timeout_s=60.0, max_body_bytes=64 * 1024
+    )
     ratios = []
     for n in range(rounds):
         stock = await per_request_us(HttpToolsProtocol, requests)

@@ -45,6 +45,7 @@ from blueline.observability.request_id import current_request_id, request_id_mid
 from blueline.rate_limit import RateLimiter
 from blueline.runtime import EMBEDDED_PROVIDER_PATH, Runtime, open_runtime
 from blueline.settings import Settings, is_loopback_host
+from blueline.webhooks.intake import MAX_BODY_BYTES as WEBHOOK_MAX_BODY_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -323,6 +324,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "http": bounded_http_protocol(
             head_timeout_s=settings.http_head_timeout_s,
             body_timeout_s=settings.http_body_timeout_s,
+            max_body_bytes=max(settings.graphql_max_body_bytes, WEBHOOK_MAX_BODY_BYTES),
         ),
         # A GraphQL message over WebSocket has the same bound as a request body.
         "ws_max_size": settings.graphql_max_body_bytes,

@@ -558,21 +558,97 @@ async def test_a_stalled_head_behind_a_running_stream_closes_without_a_stray_ans
     assert b"HTTP/1.1" not in rest, rest[-300:]
 
 
-async def test_bytes_that_begin_no_request_leave_the_keep_alive_timeout_running(
+async def test_bytes_that_begin_no_request_start_the_next_heads_deadline(
     strict: Served,
 ) -> None:
     """A blank line after an answer, or a body sent after the answer its head got, used
-    to stop uvicorn's keep-alive timer for good: the connection stayed open forever."""
+    to stop uvicorn's keep-alive timer for good, and blank lines sent every few seconds
+    would have set it afresh each time: the connection stayed open forever."""
     request = head(strict.key, length=len(QUERY_BODY)) + QUERY_BODY
     refused_early = head("bl_live_" + "x" * 43, length=len(QUERY_BODY))
     closings = []
-    for first, then in ((request, b"\r\n"), (refused_early, QUERY_BODY)):
+    for first, then, repeat in (
+        (request, b"\r\n", False),
+        (request, b"\r\n", True),
+        (refused_early, QUERY_BODY, False),
+    ):
         async with raw_connection(strict.url) as (reader, writer):
             writer.write(first)
             status = await read_response(reader)
             writer.write(then)
-            closings.append((status, await until_closed(reader)))
-    assert closings == [(b"HTTP/1.1 200 OK", b""), (b"HTTP/1.1 401 Unauthorized", b"")]
+
+            async def blank_lines(writer: asyncio.StreamWriter, repeat: bool) -> None:
+                with contextlib.suppress(ConnectionError):
+                    while repeat:
+                        await asyncio.sleep(CONNECTION_DEADLINE_S / 5)
+                        writer.write(b"\r\n")
+                        await writer.drain()
+
+            sending = asyncio.create_task(blank_lines(writer, repeat))
+            closings.append((status, (await until_closed(reader))[:30]))
+            sending.cancel()
+    timed_out = b"HTTP/1.1 408 Request Timeout\r\n"
+    assert closings == [
+        (b"HTTP/1.1 200 OK", timed_out),
+        (b"HTTP/1.1 200 OK", timed_out),
+        (b"HTTP/1.1 401 Unauthorized", timed_out),
+    ]
+
+
+async def test_tiny_headers_deep_pipelines_and_endless_trailers_are_cut_off(
+    strict: Served,
+) -> None:
+    many = [b"a: b"] * 150  # 750 bytes of head, 150 tuples
+    async with raw_connection(strict.url) as (reader, writer):
+        writer.write(head(strict.key, *many, length=len(QUERY_BODY)) + QUERY_BODY)
+        assert (await until_closed(reader)).startswith(b"HTTP/1.1 431 ")
+    # Fifty requests read ahead of their answers: the connection is closed once more
+    # than a few wait, not queued without end.
+    async with raw_connection(strict.url) as (reader, writer):
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 50)
+        answered = (await until_closed(reader)).count(b"HTTP/1.1 200 OK")
+    assert answered < 50
+    # A trailer that never ends: the connection closes once the body's bound is read.
+    chunked = head(strict.key, length=0).replace(
+        b"Content-Length: 0", b"Transfer-Encoding: chunked"
+    )
+    sent = 0
+    async with raw_connection(strict.url) as (reader, writer):
+        writer.write(chunked + b"%x\r\n%s\r\n0\r\nX-T: " % (len(QUERY_BODY), QUERY_BODY))
+        with contextlib.suppress(ConnectionError):
+            for _ in range(256):
+                writer.write(b"a" * 16384)
+                await writer.drain()
+                sent += 16384
+                if reader.at_eof():
+                    break
+                await asyncio.sleep(0.001)
+        await until_closed(reader)
+    assert sent < 4 * 1024 * 1024, sent
+
+
+async def test_a_head_unfinished_behind_a_queued_request_keeps_the_stream_open(
+    strict: Served,
+) -> None:
+    """While a request waits behind a stream, uvicorn reads nothing more: a head that
+    is incomplete only because of that must not run into its deadline."""
+    subscribe = json.dumps({"query": SUBSCRIPTION}).encode()
+    stream = head(
+        strict.key, b"Accept: multipart/mixed;subscriptionSpec=1.0", length=len(subscribe)
+    )
+    get = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    async with raw_connection(strict.url) as (reader, writer):
+        writer.write(stream + subscribe)
+        assert await reader.readuntil(b"\r\n") == b"HTTP/1.1 200 OK\r\n"
+        writer.write(get + get[:10])
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.write(get[10:])
+        await asyncio.sleep(CONNECTION_DEADLINE_S * 4)
+        with contextlib.suppress(TimeoutError):
+            while await asyncio.wait_for(reader.read(4096), CONNECTION_DEADLINE_S):
+                pass
+        assert not reader.at_eof()
 
 
 async def test_trailers_are_held_to_the_head_bound(strict: Served) -> None:
