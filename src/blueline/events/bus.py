@@ -196,7 +196,7 @@ class RedisBus:
                 logger.warning("event bus connection lost (%s); reconnecting", type(exc).__name__)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._reconnect_max_s)
 
