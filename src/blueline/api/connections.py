@@ -62,7 +62,7 @@ def _answer(status: int, reason: bytes, text: bytes) -> bytes:
 HEAD_TOO_LARGE = _answer(
     431,
     b"Request Header Fields Too Large",
-    b"request line and headers exceed 32 KiB or 100 fields",
+    b"request line and headers exceed %d KiB or %d fields" % (MAX_HEAD_BYTES // 1024, MAX_HEADERS),
 )
 HEAD_TOO_SLOW = _answer(408, b"Request Timeout", b"request head not received in time")
 
