@@ -178,7 +178,8 @@ class Provisioning:
         digest = fingerprint(name, label)
         for _ in range(3):
             setup_id = ids.new_id(ids.SETUP)
-            async with self._db.write() as conn:
+            # One statement, durable before the provider hears of the setup.
+            async with self._db.autocommit() as conn:
                 claimed = await self._store.claim(
                     conn,
                     setup_id=setup_id,
@@ -189,9 +190,10 @@ class Provisioning:
                     input_fingerprint=digest,
                     now=utcnow(),
                 )
-                if claimed:
-                    return setup_id, SetupState.PROVISIONING
-                assert key is not None  # only a key can conflict
+            if claimed:
+                return setup_id, SetupState.PROVISIONING
+            assert key is not None  # only a key can conflict
+            async with self._db.read() as conn:
                 existing = await self._store.by_idempotency_key(conn, workspace_id, key)
             if existing is None:
                 continue  # its create failed and gave the key back meanwhile: claim anew
