@@ -13,6 +13,7 @@ from websockets.exceptions import ConnectionClosed
 from blueline.domain import ACTOR_CLI, Origin, SetupChange
 from blueline.events.stream import CLOSE_SLOW_CONSUMER
 from blueline.persistence.database import Database
+from blueline.persistence.eventlog import LiveEvent
 from blueline.persistence.journal import Change, Journal
 from blueline.persistence.setups import SetupStore
 from blueline.persistence.types import utcnow
@@ -38,8 +39,9 @@ def settings(database_url: str, sandbox_url: str, sandbox: httpx.AsyncClient) ->
     )
 
 
-async def burst_of_events(database_url: str, setup_id: str, count: int) -> None:
-    """Commit many line events at once, as a busy workspace would."""
+async def burst_of_events(database_url: str, setup_id: str, count: int) -> list[LiveEvent]:
+    """Commit many line events at once, as a busy workspace would; nobody publishes
+    them (the events are returned)."""
     db = Database(database_url)
     journal = Journal(db.dialect, Sealer(Vault(Keyring.parse(keyring_spec()))))
     store = SetupStore(db.dialect)
@@ -49,7 +51,7 @@ async def burst_of_events(database_url: str, setup_id: str, count: int) -> None:
             assert setup is not None
             [line] = await store.lines_of(conn, setup_id)
             change = Change(SetupChange.LINE_ADDED, setup_id, line.id)
-            await journal.append(
+            return await journal.append(
                 conn, setup.workspace_id, Origin(ACTOR_CLI), [change] * count, [], utcnow()
             )
     finally:

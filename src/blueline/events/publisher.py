@@ -1,8 +1,10 @@
-"""Publishing committed events: at once by whoever committed them, and a sweep for the
+"""Publishing committed events: at once for whoever committed them, and a sweep for the
 rest.
 
-The request (or batch) that commits events publishes them itself right after commit,
-so a live update costs one bus round trip and no relay hop. Published events are marked
+The request (or batch) that commits events hands them over right after commit, and one
+sender publishes them in the order handed, whatever queued meanwhile in one bus round
+trip: a live update costs no relay hop, and the committer answers its caller without
+waiting for the bus. Published events are marked
 in the log in batches, off the request path. Whatever a crash, a bus outage or another
 process without a bus left unmarked is published by the sweep once it is ``grace_s``
 old. A duplicate (a sweep racing a late mark) is harmless: subscribers drop seqs they
@@ -25,6 +27,9 @@ from blueline.persistence.types import utcnow
 logger = logging.getLogger(__name__)
 
 _SWEEP_BATCH = 500
+# Events handed over and not yet sent, at most: past it (the bus is slower than the
+# commits), the sweep sends the rest.
+MAX_QUEUED = 10_000
 
 
 class Publisher:
@@ -44,6 +49,8 @@ class Publisher:
         self._mark_interval_s = mark_interval_s
         self._unmarked: list[LiveEvent] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._queued: list[LiveEvent] = []
+        self._sender: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._tasks = [
@@ -52,20 +59,38 @@ class Publisher:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._sender] if self._sender is not None else [])]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._tasks = []
+        self._tasks, self._sender = [], None
         # What committed before shutdown goes out now if the bus and database allow it.
+        queued, self._queued = self._queued, []
+        await self.publish(queued)
         with contextlib.suppress(Exception):
             await self._mark()
         with contextlib.suppress(Exception):
             await self.sweep_once(grace_s=0)
 
+    def publish_soon(self, events: Sequence[LiveEvent]) -> None:
+        """Hand over events right after their commit, to be published in this order."""
+        if not events or self._bus.detached:
+            return
+        if len(self._queued) >= MAX_QUEUED:
+            return  # the sweep sends them once they are `grace_s` old
+        self._queued.extend(events)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_queued(), name="blueline-publish-sender")
+
+    async def _send_queued(self) -> None:
+        while self._queued:
+            batch, self._queued = self._queued, []
+            await self.publish(batch)
+
     async def publish(self, events: Sequence[LiveEvent]) -> None:
-        """Called by the committer right after its commit; never raises."""
+        """Publish now and wait for the bus; never raises."""
         if not events or self._bus.detached:
             return
         try:

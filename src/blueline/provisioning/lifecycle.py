@@ -246,7 +246,7 @@ class Lifecycle:
             await self._finish(operation, "failed", exc.code)
             raise
         live = await self._apply(operation, origin)
-        await self._publisher.publish(live)
+        self._publisher.publish_soon(live)
 
     async def _call_provider(self, operation: OperationRow, subaccount_id: str) -> None:
         kind = operation.kind
@@ -517,7 +517,7 @@ class Lifecycle:
                 give_back = synced.give_back
                 live += synced.live
             await self._store.mark_reconciled(conn, setup_id, now)
-        await self._publisher.publish(live)
+        self._publisher.publish_soon(live)
         if give_back and setup.subaccount_id:
             for request_id in give_back:
                 try:

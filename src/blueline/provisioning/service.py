@@ -259,7 +259,7 @@ class Provisioning:
             [live] = await self._journal.append_many(
                 conn, [Entry(setup.workspace_id, origin, events, audits)], now, along=inserts
             )
-        await self._publisher.publish(live)
+        self._publisher.publish_soon(live)
         return True
 
     # -- more lines -----------------------------------------------------------------
@@ -306,7 +306,7 @@ class Provisioning:
             await self._finish(operation_id, "failed", exc.code)
             raise
         line_id, live = await self._record_line(setup_id, provider_line, origin, operation_id)
-        await self._publisher.publish(live)
+        self._publisher.publish_soon(live)
         if line_id is None:
             # Closed while the provider answered: give the new line back at once.
             try:

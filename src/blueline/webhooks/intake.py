@@ -267,7 +267,7 @@ class WebhookIntake:
             )
         for result in placed.results:
             events += result.events
-        await self._publisher.publish(events)
+        self._publisher.publish_soon(events)
         for operation, origin in releases:
             self._lifecycle.release_upstream_soon(operation, origin)
         return outcomes
