@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = 30.0
     reconcile_min_age_s: float = 60.0
     # How often unpublished events are looked for, and how old one must be (the
-    # committer publishes its own at once).
+    # committer hands its own to the publisher at once).
     relay_poll_interval_s: float = 1.0
     publish_grace_s: float = 2.0
     event_retention_days: int = 7
