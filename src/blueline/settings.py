@@ -134,8 +134,9 @@ class Settings(BaseSettings):
     # GraphQL tokens per API key per second (burst twice that); a query or subscription
     # costs one, a mutation request one per mutation field. 0 is off.
     graphql_rate_per_key_per_s: float = 50.0
-    # Queries whose plan compiles are answered by one SQL statement, subscriptions
-    # rendered once per event; false executes everything field by field (same answers).
+    # Queries whose plan compiles are answered by one SQL statement, mutations' payloads
+    # read by one, subscriptions rendered once per event; false executes everything
+    # field by field (same answers).
     compiled_reads: bool = True
     # Largest GraphQL request body, and WebSocket message, accepted.
     graphql_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)

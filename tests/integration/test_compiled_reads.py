@@ -20,10 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from blueline.access import create_api_key
-from blueline.app import create_app
 from blueline.persistence.database import Database, observing_statements
-from tests.conftest import configure_sandbox, make_settings, served_like
-from tests.support.asgi_server import serve_asgi
+from tests.conftest import configure_sandbox
+from tests.support.paths import compiled_and_ordinary
 
 
 @dataclass
@@ -118,19 +117,13 @@ async def pair(
     database_url: str, sandbox_url: str, sandbox: httpx.AsyncClient
 ) -> AsyncIterator[Pair]:
     await configure_sandbox(sandbox, auto_assign_after_s=None)
-    compiled = make_settings(database_url, sandbox_url)
-    ordinary = make_settings(database_url, sandbox_url, compiled_reads=False)
-    ordinary = ordinary.model_copy(update={"encryption_keys": compiled.encryption_keys})
     db = Database(database_url)
     try:
         key = await create_api_key(db, "clinic-a")
         other = await create_api_key(db, "clinic-b")
     finally:
         await db.dispose()
-    with (
-        serve_asgi(create_app(compiled), port=compiled.port, **served_like(compiled)) as a,
-        serve_asgi(create_app(ordinary), port=ordinary.port, **served_like(ordinary)) as b,
-    ):
+    with compiled_and_ordinary(database_url, sandbox_url) as ((a, _), (b, _)):
         ids = await _seed(a, key, sandbox)
         # Another workspace's objects must stay invisible on both paths.
         async with httpx.AsyncClient(base_url=a, timeout=30) as client:

@@ -17,10 +17,13 @@ from graphql import OperationDefinitionNode, OperationType
 
 from blueline.api import responses
 from blueline.api.documents import Prepared
+from blueline.api.mutations import RECORDS, CompiledMutations
 from blueline.api.planning import (
+    MutationPlan,
     Unbindable,
     bind,
     plan_key,
+    plan_mutation,
     plan_query,
     plan_subscription,
     render_update,
@@ -86,6 +89,7 @@ class Runner:
         self.runtime = runtime
         self.schema = schema
         self.documents = schema.documents
+        self._mutations = CompiledMutations(runtime, schema)
 
     def prepare(
         self, query: str, operation_name: str | None, variables: dict[str, Any] | None
@@ -112,7 +116,8 @@ class Runner:
 
     # -- queries and mutations
 
-    def _query_plan(self, op: Operation) -> QueryPlan | None:
+    def _plan(self, op: Operation) -> QueryPlan | MutationPlan | None:
+        """The compiled plan of a query or mutation, made once per document and key."""
         assert op.prepared.document is not None
         if not self.runtime.settings.compiled_reads:
             return None
@@ -121,32 +126,40 @@ class Runner:
             return None
         plans = op.prepared.plans
         if key not in plans:
-            plans[key] = plan_query(self.schema._schema, op.prepared.document, op.node, key)
-        plan: QueryPlan | None = plans[key]
+            schema, document = self.schema._schema, op.prepared.document
+            if op.kind == OperationType.MUTATION:
+                plans[key] = plan_mutation(schema, document, op.node, key, RECORDS)
+            else:
+                plans[key] = plan_query(schema, document, op.node, key)
+        plan: QueryPlan | MutationPlan | None = plans[key]
         return plan
 
     async def execute(
         self, op: Operation, caller: Caller, request_id: str | None, transport: str = "http"
     ) -> tuple[bytes, bool]:
         """The response body, and whether the storage was unavailable (a 503)."""
-        if op.kind == OperationType.QUERY:
-            plan = self._query_plan(op)
-            if plan is not None:
+        plan = self._plan(op) if op.kind != OperationType.SUBSCRIPTION else None
+        if isinstance(plan, MutationPlan):
+            arguments = self._mutations.arguments(plan, op.node, op.variables, caller)
+            if arguments is not None:
+                context = self.context(caller, request_id, transport)
+                return await self._mutations.answer(plan, arguments, op.coerced, context)
+        elif plan is not None:
+            try:
+                values = bind(plan, op.coerced, caller.workspace_id)
+            except Unbindable:
+                pass  # the ordinary path words the argument's error
+            else:
                 try:
-                    values = bind(plan, op.coerced, caller.workspace_id)
-                except Unbindable:
-                    pass  # the ordinary path words the argument's error
+                    text = await self.runtime.reads.data_text(plan, values)
+                except StorageUnavailable:
+                    return _unavailable_body(), True
+                except Exception:
+                    # Unexpected: the ordinary path meets the same failure and
+                    # reports it masked, with the request id, in its usual shape.
+                    logger.debug("compiled read failed; executing instead", exc_info=True)
                 else:
-                    try:
-                        text = await self.runtime.reads.data_text(plan, values)
-                    except StorageUnavailable:
-                        return _unavailable_body(), True
-                    except Exception:
-                        # Unexpected: the ordinary path meets the same failure and
-                        # reports it masked, with the request id, in its usual shape.
-                        logger.debug("compiled read failed; executing instead", exc_info=True)
-                    else:
-                        return responses.data_body(text), False
+                    return responses.data_body(text), False
         result = await self.schema.execute(
             op.query,
             variable_values=op.variables,

@@ -295,6 +295,104 @@ def plan_subscription(
         return None
 
 
+@dataclass(frozen=True, eq=False)
+class MutationPlan:
+    """A mutation whose payload the compiled path answers: one change, run as its
+    resolver runs it, then the record it names read by one compiled statement.
+
+    ``roots`` and ``payload`` are the response keys in order; the one root that is not
+    ``__typename`` is ``key``, and the payload's record field is ``record_key``, read by
+    ``read``.
+    """
+
+    roots: tuple[Pick, ...]
+    key: str
+    field: str
+    node: FieldNode
+    payload_type: str
+    payload: tuple[Pick, ...]
+    record_key: str | None
+    record_nodes: tuple[FieldNode, ...]
+    read: QueryPlan | None
+
+
+def plan_mutation(
+    schema: GraphQLSchema,
+    document: DocumentNode,
+    operation: OperationDefinitionNode,
+    key: PlanKey,
+    records: dict[str, tuple[str, str]],
+) -> MutationPlan | None:
+    """The compiled plan of a mutation, or None when only ordinary execution answers it.
+
+    ``records``: per mutation field, its payload's record field and the query root that
+    reads that record by id. A document of one such field (besides ``__typename``)
+    whose payload selects ``__typename``, ``userErrors`` and the record at most once
+    compiles; anything else executes.
+    """
+    if operation.operation != OperationType.MUTATION:
+        return None
+    mutation_type = schema.mutation_type
+    assert mutation_type is not None
+    try:
+        planner = _Planner(_collector(schema, document, key))
+        grouped = planner.c.collect([operation.selection_set], mutation_type.name)
+        changes = [k for k, nodes in grouped.items() if nodes[0].name.value != TYPENAME]
+        if len(changes) != 1:
+            return None
+        [response_key] = changes
+        nodes = grouped[response_key]
+        name = nodes[0].name.value
+        if name not in records or len(nodes) != 1:
+            return None
+        definition = mutation_type.fields[name]
+        if not isinstance(definition.type, GraphQLNonNull):
+            return None
+        payload_type = _named(definition.type)
+        record_field, read_root = records[name]
+        sets = [n.selection_set for n in nodes if n.selection_set is not None]
+        payload: list[Pick] = []
+        record_key: str | None = None
+        record_nodes: list[FieldNode] = []
+        read: QueryPlan | None = None
+        for pick_key, field_nodes in planner.c.collect(sets, payload_type.name).items():
+            field_name = field_nodes[0].name.value
+            if field_name == TYPENAME:
+                payload.append(Pick(pick_key, field_name))
+            elif field_name == "userErrors":
+                payload.append(
+                    Pick(pick_key, field_name, children=planner.selection(field_nodes, "UserError"))
+                )
+            elif field_name == record_field and record_key is None:
+                record_type = _named(payload_type.fields[field_name].type)
+                selection = planner.selection(field_nodes, record_type.name)
+                alternatives = Alternatives(
+                    tuple(
+                        selection if t.name == record_type.name else Selection(t.name, ())
+                        for t in rm.ONE_ROOTS[read_root].types
+                    )
+                )
+                read = QueryPlan((Pick(pick_key, read_root, children=alternatives),))
+                record_key, record_nodes = pick_key, field_nodes
+                payload.append(Pick(pick_key, field_name, children=selection))
+            else:
+                return None
+        roots = tuple(Pick(k, TYPENAME) if k != response_key else Pick(k, name) for k in grouped)
+        return MutationPlan(
+            roots,
+            response_key,
+            name,
+            nodes[0],
+            payload_type.name,
+            tuple(payload),
+            record_key,
+            tuple(record_nodes),
+            read,
+        )
+    except NotCompilable:
+        return None
+
+
 # --------------------------------------------------------------------------- binding
 
 

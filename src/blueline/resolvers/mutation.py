@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import strawberry
+from strawberry.utils.str_converters import to_camel_case
 
 from blueline.errors import BluelineError
 from blueline.resolvers.records import one, user_errors
-from blueline.schema.context import AppInfo
+from blueline.schema.context import AppInfo, Context
 from blueline.schema.payloads import (
     CloseImessageSetupInput,
     CloseImessageSetupPayload,
@@ -28,21 +30,79 @@ from blueline.schema.payloads import (
 )
 from blueline.schema.permissions import AUTHENTICATED
 
+T = TypeVar("T")
 
-async def _setup_payload(info: AppInfo, payload: Any, change: Callable[[], Awaitable[str]]) -> Any:
+
+@dataclass(frozen=True)
+class Change:
+    """What a mutation does, for its resolver and for the compiled path alike: run it,
+    then read the record it names for the payload."""
+
+    run: Callable[[Context, Any], Awaitable[str]]
+    # The payload field (its Python name) that holds the changed record, and the query
+    # root that reads that record by id.
+    record: str
+    read_root: str
+
+    @property
+    def record_field(self) -> str:
+        return to_camel_case(self.record)
+
+
+# Keyed by GraphQL field name; each takes the mutation's ``input``.
+CHANGES: dict[str, Change] = {
+    "createImessageSetup": Change(
+        lambda c, i: c.runtime.provisioning.create_setup(
+            c.workspace_id, c.origin, i.business_name, i.label, i.idempotency_key
+        ),
+        "setup",
+        "imessageSetup",
+    ),
+    "requestImessagePhoneLine": Change(
+        lambda c, i: c.runtime.provisioning.request_line(c.workspace_id, c.origin, str(i.setup_id)),
+        "phone_line",
+        "node",
+    ),
+    "updateImessageSetup": Change(
+        lambda c, i: c.runtime.lifecycle.update(
+            c.workspace_id, c.origin, str(i.setup_id), i.business_name, i.label
+        ),
+        "setup",
+        "imessageSetup",
+    ),
+    "suspendImessageSetup": Change(
+        lambda c, i: c.runtime.lifecycle.suspend(c.workspace_id, c.origin, str(i.setup_id)),
+        "setup",
+        "imessageSetup",
+    ),
+    "reactivateImessageSetup": Change(
+        lambda c, i: c.runtime.lifecycle.reactivate(c.workspace_id, c.origin, str(i.setup_id)),
+        "setup",
+        "imessageSetup",
+    ),
+    "closeImessageSetup": Change(
+        lambda c, i: c.runtime.lifecycle.close(c.workspace_id, c.origin, str(i.setup_id)),
+        "setup",
+        "imessageSetup",
+    ),
+    "releaseImessagePhoneLine": Change(
+        lambda c, i: c.runtime.lifecycle.release_line(
+            c.workspace_id, c.origin, str(i.phone_line_id)
+        ),
+        "phone_line",
+        "node",
+    ),
+}
+
+
+async def _payload(info: AppInfo, payload: Callable[..., T], name: str, input: Any) -> T:
+    change = CHANGES[name]
     try:
-        setup_id = await change()
+        object_id = await change.run(info.context, input)
     except BluelineError as error:
-        return payload(setup=None, user_errors=user_errors(error))
-    return payload(setup=await one(info, "imessageSetup", setup_id), user_errors=[])
-
-
-async def _line_payload(info: AppInfo, payload: Any, change: Callable[[], Awaitable[str]]) -> Any:
-    try:
-        line_id = await change()
-    except BluelineError as error:
-        return payload(phone_line=None, user_errors=user_errors(error))
-    return payload(phone_line=await one(info, "node", line_id), user_errors=[])
+        return payload(**{change.record: None, "user_errors": user_errors(error)})
+    record = await one(info, change.read_root, object_id)
+    return payload(**{change.record: record, "user_errors": []})
 
 
 @strawberry.type
@@ -53,14 +113,7 @@ class Mutation:
     async def create_imessage_setup(
         self, info: AppInfo, input: CreateImessageSetupInput
     ) -> CreateImessageSetupPayload:
-        c = info.context
-        return await _setup_payload(
-            info,
-            CreateImessageSetupPayload,
-            lambda: c.runtime.provisioning.create_setup(
-                c.workspace_id, c.origin, input.business_name, input.label, input.idempotency_key
-            ),
-        )
+        return await _payload(info, CreateImessageSetupPayload, "createImessageSetup", input)
 
     @strawberry.mutation(
         permission_classes=AUTHENTICATED, description="Ask the provider for another phone line"
@@ -68,13 +121,8 @@ class Mutation:
     async def request_imessage_phone_line(
         self, info: AppInfo, input: RequestImessagePhoneLineInput
     ) -> RequestImessagePhoneLinePayload:
-        c = info.context
-        return await _line_payload(  # type: ignore[no-any-return]
-            info,
-            RequestImessagePhoneLinePayload,
-            lambda: c.runtime.provisioning.request_line(
-                c.workspace_id, c.origin, str(input.setup_id)
-            ),
+        return await _payload(
+            info, RequestImessagePhoneLinePayload, "requestImessagePhoneLine", input
         )
 
     @strawberry.mutation(
@@ -85,14 +133,7 @@ class Mutation:
     async def update_imessage_setup(
         self, info: AppInfo, input: UpdateImessageSetupInput
     ) -> UpdateImessageSetupPayload:
-        c = info.context
-        return await _setup_payload(
-            info,
-            UpdateImessageSetupPayload,
-            lambda: c.runtime.lifecycle.update(
-                c.workspace_id, c.origin, str(input.setup_id), input.business_name, input.label
-            ),
-        )
+        return await _payload(info, UpdateImessageSetupPayload, "updateImessageSetup", input)
 
     @strawberry.mutation(
         permission_classes=AUTHENTICATED,
@@ -101,22 +142,14 @@ class Mutation:
     async def suspend_imessage_setup(
         self, info: AppInfo, input: SuspendImessageSetupInput
     ) -> SuspendImessageSetupPayload:
-        c = info.context
-        return await _setup_payload(
-            info,
-            SuspendImessageSetupPayload,
-            lambda: c.runtime.lifecycle.suspend(c.workspace_id, c.origin, str(input.setup_id)),
-        )
+        return await _payload(info, SuspendImessageSetupPayload, "suspendImessageSetup", input)
 
     @strawberry.mutation(permission_classes=AUTHENTICATED, description="Undo a suspension")
     async def reactivate_imessage_setup(
         self, info: AppInfo, input: ReactivateImessageSetupInput
     ) -> ReactivateImessageSetupPayload:
-        c = info.context
-        return await _setup_payload(
-            info,
-            ReactivateImessageSetupPayload,
-            lambda: c.runtime.lifecycle.reactivate(c.workspace_id, c.origin, str(input.setup_id)),
+        return await _payload(
+            info, ReactivateImessageSetupPayload, "reactivateImessageSetup", input
         )
 
     @strawberry.mutation(
@@ -127,12 +160,7 @@ class Mutation:
     async def close_imessage_setup(
         self, info: AppInfo, input: CloseImessageSetupInput
     ) -> CloseImessageSetupPayload:
-        c = info.context
-        return await _setup_payload(
-            info,
-            CloseImessageSetupPayload,
-            lambda: c.runtime.lifecycle.close(c.workspace_id, c.origin, str(input.setup_id)),
-        )
+        return await _payload(info, CloseImessageSetupPayload, "closeImessageSetup", input)
 
     @strawberry.mutation(
         permission_classes=AUTHENTICATED,
@@ -142,11 +170,6 @@ class Mutation:
     async def release_imessage_phone_line(
         self, info: AppInfo, input: ReleaseImessagePhoneLineInput
     ) -> ReleaseImessagePhoneLinePayload:
-        c = info.context
-        return await _line_payload(  # type: ignore[no-any-return]
-            info,
-            ReleaseImessagePhoneLinePayload,
-            lambda: c.runtime.lifecycle.release_line(
-                c.workspace_id, c.origin, str(input.phone_line_id)
-            ),
+        return await _payload(
+            info, ReleaseImessagePhoneLinePayload, "releaseImessagePhoneLine", input
         )
