@@ -312,7 +312,6 @@ class MutationPlan:
     payload_type: str
     payload: tuple[Pick, ...]
     record_key: str | None
-    record_nodes: tuple[FieldNode, ...]
     read: QueryPlan | None
 
 
@@ -353,7 +352,6 @@ def plan_mutation(
         sets = [n.selection_set for n in nodes if n.selection_set is not None]
         payload: list[Pick] = []
         record_key: str | None = None
-        record_nodes: list[FieldNode] = []
         read: QueryPlan | None = None
         for pick_key, field_nodes in planner.c.collect(sets, payload_type.name).items():
             field_name = field_nodes[0].name.value
@@ -373,7 +371,7 @@ def plan_mutation(
                     )
                 )
                 read = QueryPlan((Pick(pick_key, read_root, children=alternatives),))
-                record_key, record_nodes = pick_key, field_nodes
+                record_key = pick_key
                 payload.append(Pick(pick_key, field_name, children=selection))
             else:
                 return None
@@ -386,7 +384,6 @@ def plan_mutation(
             payload_type.name,
             tuple(payload),
             record_key,
-            tuple(record_nodes),
             read,
         )
     except NotCompilable:
