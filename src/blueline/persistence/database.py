@@ -343,14 +343,13 @@ class Database:
     async def autocommit(self) -> AsyncIterator[SqlConnection]:
         """Statements each committed on its own as it completes: for a write that is one
         statement, whose commit then costs no round trips of its own."""
-        async with _mapped_failures():
-            if self.is_postgresql:
-                lane = await self._lane_of_pool()
-                async with lane.connection() as conn:
-                    yield AsyncpgConnection(conn)
-            else:
-                async with self.engine.begin() as conn:
-                    yield AlchemyConnection(conn)
+        if self.is_postgresql:
+            # A read's connection: outside a transaction, each statement commits itself.
+            async with self.read() as conn:
+                yield conn
+        else:
+            async with _mapped_failures(), self.engine.begin() as sqlite:
+                yield AlchemyConnection(sqlite)
 
     async def ping(self) -> None:
         async with self.read() as conn:
