@@ -44,6 +44,9 @@ class CompiledMutations:
         error_codes = schema._schema.get_type("UserErrorCode")
         assert isinstance(error_codes, GraphQLEnumType)
         self._error_codes = error_codes
+        mutation_type = schema._schema.mutation_type
+        assert mutation_type is not None
+        self._mutation_type = mutation_type
 
     def arguments(
         self,
@@ -57,9 +60,7 @@ class CompiledMutations:
         if caller is None or not self._runtime.authenticator.still_active(caller):
             return None
         schema = self._schema._schema
-        mutation_type = schema.mutation_type
-        assert mutation_type is not None
-        definition = mutation_type.fields[plan.field]
+        definition = self._mutation_type.fields[plan.field]
         try:
             # As the executor coerces them (with their sources, which defaults need).
             values = get_variable_values(
@@ -97,7 +98,7 @@ class CompiledMutations:
         except Exception as exc:
             return self._failed(plan, exc)
         record = "null"
-        if plan.read is not None and plan.record_key is not None:
+        if plan.read is not None:
             values = bind(plan.read, variables, context.workspace_id)
             values[root_slot(0, "id")] = object_id
             try:
@@ -105,7 +106,7 @@ class CompiledMutations:
             except Exception as exc:
                 # The resolver reads the record itself: its failure is the mutation's.
                 return self._failed(plan, exc)
-            prefix = "{" + _json(plan.record_key) + ":"
+            prefix = "{" + _json(plan.read.roots[0].key) + ":"
             assert text.startswith(prefix)
             record = text[len(prefix) : -1]
         return self._body(plan, [], record), False
@@ -123,7 +124,7 @@ class CompiledMutations:
             parts.append(f"{_json(pick.key)}:{value}")
         payload = "{" + ",".join(parts) + "}"
         roots = [
-            f"{_json(p.key)}:{payload if p.key == plan.key else _json('Mutation')}"
+            f"{_json(p.key)}:{payload if p.key == plan.key else _json(self._mutation_type.name)}"
             for p in plan.roots
         ]
         return ('{"data":{' + ",".join(roots) + "}}").encode()

@@ -301,8 +301,8 @@ class MutationPlan:
     resolver runs it, then the record it names read by one compiled statement.
 
     ``roots`` and ``payload`` are the response keys in order; the one root that is not
-    ``__typename`` is ``key``, and the payload's record field is ``record_key``, read by
-    ``read``.
+    ``__typename`` is ``key``, and ``read`` reads the payload's record field under its
+    response key (None when the payload does not select the record).
     """
 
     roots: tuple[Pick, ...]
@@ -311,7 +311,6 @@ class MutationPlan:
     node: FieldNode
     payload_type: str
     payload: tuple[Pick, ...]
-    record_key: str | None
     read: QueryPlan | None
 
 
@@ -351,7 +350,6 @@ def plan_mutation(
         record_field, read_root = records[name]
         sets = [n.selection_set for n in nodes if n.selection_set is not None]
         payload: list[Pick] = []
-        record_key: str | None = None
         read: QueryPlan | None = None
         for pick_key, field_nodes in planner.c.collect(sets, payload_type.name).items():
             field_name = field_nodes[0].name.value
@@ -361,7 +359,7 @@ def plan_mutation(
                 payload.append(
                     Pick(pick_key, field_name, children=planner.selection(field_nodes, "UserError"))
                 )
-            elif field_name == record_field and record_key is None:
+            elif field_name == record_field and read is None:
                 record_type = _named(payload_type.fields[field_name].type)
                 selection = planner.selection(field_nodes, record_type.name)
                 alternatives = Alternatives(
@@ -371,7 +369,6 @@ def plan_mutation(
                     )
                 )
                 read = QueryPlan((Pick(pick_key, read_root, children=alternatives),))
-                record_key = pick_key
                 payload.append(Pick(pick_key, field_name, children=selection))
             else:
                 return None
@@ -383,7 +380,6 @@ def plan_mutation(
             nodes[0],
             payload_type.name,
             tuple(payload),
-            record_key,
             read,
         )
     except NotCompilable:
