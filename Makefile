@@ -9,12 +9,12 @@ NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 PEERS := bench/peers
 PEERS_STAMP := $(PEERS)/node_modules/.installed
 
-.PHONY: install peers run test lint typecheck check bench schema clean
+.PHONY: install peers run test lint typecheck check bench schema constraints clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 # The browser and JS-client tests run from tests/js; npm ci installs its lockfile exactly.
@@ -52,6 +52,18 @@ schema: $(STAMP)
 
 bench: $(STAMP) $(PEERS_STAMP)
 	$(BIN)/python -m bench
+
+# Newest releases the pyproject ranges allow, resolved in a scratch venv; run the suite
+# before committing the result.
+constraints:
+	rm -rf .constraints-venv
+	$(PYTHON) -m venv .constraints-venv
+	.constraints-venv/bin/pip install --quiet --upgrade pip
+	.constraints-venv/bin/pip install --quiet -e '.[dev]'
+	{ sed -n '1,2p' constraints.txt; .constraints-venv/bin/pip freeze --exclude-editable; } \
+		> constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .constraints-venv
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache blueline.db .blueline-keyring \
