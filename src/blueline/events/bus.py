@@ -1,10 +1,14 @@
 """Event bus: in-process by default, Redis pub/sub across processes.
 
 Either way subscribers attach to the local :class:`Hub`. With Redis, each process holds
-one connection that pattern-subscribes to the per-workspace channels (and the control
-channel) once at start-up, so a new subscriber never races its own SUBSCRIBE. When that
-connection drops and comes back, every local subscriber is told to re-read the event
-log, since pub/sub keeps nothing for a listener that was away.
+one connection subscribed to the control channel and to the channel of each workspace
+it has subscribers for, so a process hears only the events someone of its own waits
+for (a pattern over every workspace would hand each process every event of all of
+them, its own publishes included). A workspace's first local subscriber subscribes its
+channel; Redis's confirmation tells that workspace's subscribers to re-read the event
+log, since anything published before it went past this process. The same holds when
+the connection drops and comes back: every channel is subscribed again, and each
+confirmation sends its workspace back to the log.
 
 The control channel carries operator actions every process must apply at once (an API
 key revoked); each message is also findable in the database, which processes poll, so a
@@ -21,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 
 from blueline.events.hub import Hub, Signal
 from blueline.persistence.eventlog import LiveEvent
@@ -115,22 +120,31 @@ class RedisBus:
         self._listening = asyncio.Event()
         self._reconnect_max_s = reconnect_max_s
         self._control: list[ControlHandler] = []
+        # The reader's connection, once its first SUBSCRIBE went out: from then on a
+        # workspace's (un)subscription is sent as its subscribers come and go.
+        self._pubsub: PubSub | None = None
+        self._subscribed: set[str] = set()
+        self._dirty: set[str] = set()
+        self._syncer: asyncio.Task[None] | None = None
+        hub.watch(self._watched)
 
     def __repr__(self) -> str:
         return "RedisBus()"
 
     async def start(self) -> None:
         self._reader = asyncio.create_task(self._read_forever(), name="blueline-bus-reader")
-        # Wait briefly for the first PSUBSCRIBE so events right after start-up arrive;
+        # Wait briefly for the first SUBSCRIBE so events right after start-up arrive;
         # if Redis is down the reader keeps trying and readiness reports it.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._listening.wait(), timeout=5)
 
     async def stop(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
+        for task in (self._syncer, self._reader):
+            if task is None:
+                continue
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+                await task
         self.hub.broadcast(Signal.CLOSED)
         await self._commands.aclose()
         await self._redis.aclose()
@@ -159,13 +173,51 @@ class RedisBus:
         async with asyncio.timeout(self._timeout_s):
             await self._commands.ping()
 
+    def _watched(self, workspace_id: str, _present: bool) -> None:
+        self._dirty.add(workspace_id)
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._pubsub is not None and (self._syncer is None or self._syncer.done()):
+            self._syncer = asyncio.get_running_loop().create_task(
+                self._sync(self._pubsub), name="blueline-bus-subscriptions"
+            )
+
+    async def _sync(self, pubsub: PubSub) -> None:
+        """Bring the connection's channels to what the hub has now, one command at a
+        time, so that a workspace whose subscribers left and came back ends subscribed
+        whatever order the changes were noted in."""
+        while self._dirty and pubsub is self._pubsub:
+            ws = self._dirty.pop()
+            wanted = self.hub.has(ws)
+            try:
+                if wanted and ws not in self._subscribed:
+                    self._subscribed.add(ws)
+                    await pubsub.subscribe(CHANNEL_PREFIX + ws)
+                elif not wanted and ws in self._subscribed:
+                    self._subscribed.discard(ws)
+                    await pubsub.unsubscribe(CHANNEL_PREFIX + ws)
+            except Exception as exc:  # the reader sees the connection fail and resubscribes
+                self._dirty.add(ws)
+                logger.warning("event bus could not change a subscription (%s)", type(exc).__name__)
+                return
+
     def _dispatch(self, message: dict[str, Any]) -> None:
-        data = message.get("data")
+        kind = message.get("type")
+        if kind not in ("message", "subscribe"):
+            return  # unsubscribe confirmations, health-check pongs
+        channel = message.get("channel")
+        channel = channel.decode() if isinstance(channel, bytes) else str(channel)
         try:
-            if message.get("type") == "pmessage":
-                self.hub.deliver(LiveEvent.from_message(data))  # type: ignore[arg-type]
-            elif message.get("type") == "message":
-                control = json.loads(data)  # type: ignore[arg-type]
+            if kind == "subscribe":
+                if channel.startswith(CHANNEL_PREFIX):
+                    # From now on this process hears the workspace: what was published
+                    # before is in the log.
+                    self.hub.signal(channel[len(CHANNEL_PREFIX) :], Signal.RESYNC)
+            elif channel.startswith(CHANNEL_PREFIX):
+                self.hub.deliver(LiveEvent.from_message(message["data"]))
+            elif channel == CONTROL_CHANNEL:
+                control = json.loads(message["data"])
                 if isinstance(control, dict):
                     for handler in self._control:
                         handler(control)
@@ -175,14 +227,18 @@ class RedisBus:
     async def _read_forever(self) -> None:
         delay = 0.1
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._redis.pubsub()
             try:
-                await pubsub.psubscribe(CHANNEL_PREFIX + "*")
-                await pubsub.subscribe(CONTROL_CHANNEL)
+                wanted = set(self.hub.workspaces)
+                await pubsub.subscribe(
+                    CONTROL_CHANNEL, *sorted(CHANNEL_PREFIX + ws for ws in wanted)
+                )
+                self._subscribed = wanted
+                self._pubsub = pubsub
+                # Workspaces whose subscribers came or went while that was on its way.
+                self._dirty |= wanted.symmetric_difference(self.hub.workspaces)
+                self._kick()
                 self._listening.set()
-                # Messages published before this subscription (a reconnect, or Redis
-                # coming up after our subscribers did) are gone: catch up from the log.
-                self.hub.broadcast(Signal.RESYNC)
                 delay = 0.1
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
@@ -190,9 +246,11 @@ class RedisBus:
                         self._dispatch(message)
             except asyncio.CancelledError:
                 self._listening.clear()
+                self._pubsub = None
                 raise
             except Exception as exc:  # the reader must outlive anything; readiness shows it
                 self._listening.clear()
+                self._pubsub = None
                 logger.warning("event bus connection lost (%s); reconnecting", type(exc).__name__)
             finally:
                 with contextlib.suppress(Exception):

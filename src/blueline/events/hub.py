@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from enum import Enum
 
@@ -25,6 +25,8 @@ class Signal(Enum):
 
 
 Item = LiveEvent | Signal
+# Told when a workspace gets its first local subscriber (True) or loses its last (False).
+WatchListener = Callable[[str, bool], None]
 
 
 class Subscriber:
@@ -77,6 +79,18 @@ class Hub:
     def __init__(self, max_queue: int = 1000) -> None:
         self._by_workspace: dict[str, set[Subscriber]] = {}
         self._max_queue = max_queue
+        self._listeners: list[WatchListener] = []
+
+    def watch(self, listener: WatchListener) -> None:
+        self._listeners.append(listener)
+
+    @property
+    def workspaces(self) -> list[str]:
+        """The workspaces that have local subscribers."""
+        return list(self._by_workspace)
+
+    def has(self, workspace_id: str) -> bool:
+        return workspace_id in self._by_workspace
 
     @property
     def subscriber_count(self) -> int:
@@ -91,10 +105,18 @@ class Hub:
             for subscriber in tuple(subscribers):
                 subscriber.offer(signal)
 
+    def signal(self, workspace_id: str, signal: Signal) -> None:
+        for subscriber in tuple(self._by_workspace.get(workspace_id, ())):
+            subscriber.offer(signal)
+
     @asynccontextmanager
     async def subscribe(self, workspace_id: str) -> AsyncIterator[Subscriber]:
         subscriber = Subscriber(workspace_id, self._max_queue)
-        self._by_workspace.setdefault(workspace_id, set()).add(subscriber)
+        group = self._by_workspace.get(workspace_id)
+        if group is None:
+            group = self._by_workspace[workspace_id] = set()
+            self._tell(workspace_id, True)
+        group.add(subscriber)
         try:
             yield subscriber
         finally:
@@ -103,3 +125,8 @@ class Hub:
                 group.discard(subscriber)
                 if not group:
                     del self._by_workspace[workspace_id]
+                    self._tell(workspace_id, False)
+
+    def _tell(self, workspace_id: str, present: bool) -> None:
+        for listener in self._listeners:
+            listener(workspace_id, present)
