@@ -126,15 +126,19 @@ async def test_a_reconnect_hears_every_workspace_again_and_resyncs_it(
         for subscriber in (a, b):
             assert await subscriber.get(2.0) is Signal.RESYNC
         private_redis.stop()
-        private_redis.start()
-        fresh = aioredis.Redis.from_url(private_redis.url)
-        try:
-            for subscriber in (a, b):
-                # Whatever was published while the bus was away is in the log.
-                assert await subscriber.get(10.0) is Signal.RESYNC
-            assert await listeners(fresh, "ws_a") == 1
-            assert await listeners(fresh, "ws_b") == 1
-            await fresh.publish(CHANNEL_PREFIX + "ws_b", event("ws_b", 9).to_message())
-            assert (await next_event(b)).seq == 9
-        finally:
-            await fresh.aclose()
+        # A workspace whose first subscriber comes while the bus is away.
+        async with listening.hub.subscribe("ws_c") as c:
+            private_redis.start()
+            fresh = aioredis.Redis.from_url(private_redis.url)
+            try:
+                for subscriber in (a, b, c):
+                    # Whatever was published while the bus was away is in the log.
+                    assert await subscriber.get(10.0) is Signal.RESYNC
+                for ws in ("ws_a", "ws_b", "ws_c"):
+                    assert await listeners(fresh, ws) == 1
+                await fresh.publish(CHANNEL_PREFIX + "ws_b", event("ws_b", 9).to_message())
+                await fresh.publish(CHANNEL_PREFIX + "ws_c", event("ws_c", 4).to_message())
+                assert (await next_event(b)).seq == 9
+                assert (await next_event(c)).seq == 4
+            finally:
+                await fresh.aclose()

@@ -126,6 +126,7 @@ class RedisBus:
         self._subscribed: set[str] = set()
         self._dirty: set[str] = set()
         self._syncer: asyncio.Task[None] | None = None
+        self._syncing: PubSub | None = None
         hub.watch(self._watched)
 
     def __repr__(self) -> str:
@@ -178,9 +179,15 @@ class RedisBus:
         self._kick()
 
     def _kick(self) -> None:
-        if self._pubsub is not None and (self._syncer is None or self._syncer.done()):
+        pubsub = self._pubsub
+        if pubsub is None:
+            return  # the reader subscribes what the hub has once it connects
+        syncer = self._syncer
+        # A syncer of a connection that has since been replaced stops at its next step.
+        if syncer is None or syncer.done() or self._syncing is not pubsub:
+            self._syncing = pubsub
             self._syncer = asyncio.get_running_loop().create_task(
-                self._sync(self._pubsub), name="blueline-bus-subscriptions"
+                self._sync(pubsub), name="blueline-bus-subscriptions"
             )
 
     async def _sync(self, pubsub: PubSub) -> None:
@@ -246,13 +253,15 @@ class RedisBus:
                         self._dispatch(message)
             except asyncio.CancelledError:
                 self._listening.clear()
-                self._pubsub = None
                 raise
             except Exception as exc:  # the reader must outlive anything; readiness shows it
                 self._listening.clear()
-                self._pubsub = None
                 logger.warning("event bus connection lost (%s); reconnecting", type(exc).__name__)
             finally:
+                self._pubsub = None
+                # Stopped before the connection closes, so that it cannot open another.
+                if self._syncer is not None and self._syncing is pubsub:
+                    self._syncer.cancel()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             await asyncio.sleep(delay)
