@@ -174,7 +174,7 @@ class RedisBus:
         async with asyncio.timeout(self._timeout_s):
             await self._commands.ping()
 
-    def _watched(self, workspace_id: str, _present: bool) -> None:
+    def _watched(self, workspace_id: str) -> None:
         self._dirty.add(workspace_id)
         self._kick()
 

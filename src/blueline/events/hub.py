@@ -25,8 +25,8 @@ class Signal(Enum):
 
 
 Item = LiveEvent | Signal
-# Told when a workspace gets its first local subscriber (True) or loses its last (False).
-WatchListener = Callable[[str, bool], None]
+# Told a workspace's id when it gets its first local subscriber or loses its last.
+WatchListener = Callable[[str], None]
 
 
 class Subscriber:
@@ -115,7 +115,7 @@ class Hub:
         group = self._by_workspace.get(workspace_id)
         if group is None:
             group = self._by_workspace[workspace_id] = set()
-            self._tell(workspace_id, True)
+            self._tell(workspace_id)
         group.add(subscriber)
         try:
             yield subscriber
@@ -125,8 +125,8 @@ class Hub:
                 group.discard(subscriber)
                 if not group:
                     del self._by_workspace[workspace_id]
-                    self._tell(workspace_id, False)
+                    self._tell(workspace_id)
 
-    def _tell(self, workspace_id: str, present: bool) -> None:
+    def _tell(self, workspace_id: str) -> None:
         for listener in self._listeners:
-            listener(workspace_id, present)
+            listener(workspace_id)
