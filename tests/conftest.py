@@ -28,6 +28,18 @@ from tests.support.databases import (
     sqlalchemy_url,
     truncate_pg,
 )
+from tests.support.redis_server import PrivateRedis
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of the test's own, which it may stop and start."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def keyring_spec(kid: str = "test1") -> str:

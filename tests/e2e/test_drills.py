@@ -606,25 +606,15 @@ async def test_hung_database_answers_503_within_the_client_side_timeouts(drill: 
 # ------------------------------------------------ 2. Redis down, then Redis and database
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 async def wait_ready(http: httpx.AsyncClient, what: str, timeout_s: float = 10.0) -> None:
     await readiness_until(http, lambda r: r[0] == 200, timeout_s=timeout_s, what=what)
 
 
 async def test_redis_outage_alone_and_with_the_database_delays_events_never_loses_them(
-    drill: Drill, redis_server: PrivateRedis
+    drill: Drill, private_redis: PrivateRedis
 ) -> None:
-    first = drill.serve("first", redis_url=redis_server.url)
-    second = drill.serve("second", redis_url=redis_server.url)
+    first = drill.serve("first", redis_url=private_redis.url)
+    second = drill.serve("second", redis_url=private_redis.url)
     api = drill.api(first)
     setups = await create_setups(api, 12, "Bus")
     request_ids = [s["phoneLines"][0]["requestId"] for s in setups]
@@ -642,7 +632,7 @@ async def test_redis_outage_alone_and_with_the_database_delays_events_never_lose
     try:
         # Redis alone: reads and webhooks go on, events wait for the bus.
         redis_down = time.monotonic()
-        await asyncio.to_thread(redis_server.stop)
+        await asyncio.to_thread(private_redis.stop)
         for client in http:
             checks = await readiness_until(
                 client, lambda r: r[0] == 503, timeout_s=10, what="readiness without Redis"
@@ -662,7 +652,7 @@ async def test_redis_outage_alone_and_with_the_database_delays_events_never_lose
         # listeners still wait to reconnect: only re-reading the log once they have
         # gets them to the subscribers.
         await asyncio.sleep(max(0.0, redis_down + 3.5 - time.monotonic()))
-        await asyncio.to_thread(redis_server.start)
+        await asyncio.to_thread(private_redis.start)
         for request_id in phases[1]:
             placed[request_id] = await drill.assign(request_id)
         for client in http:
@@ -682,7 +672,7 @@ async def test_redis_outage_alone_and_with_the_database_delays_events_never_lose
         # Redis and the database together; Redis comes back first, so the processes
         # re-read the log while the database still refuses.
         outage_started = time.monotonic()
-        await asyncio.to_thread(redis_server.stop)
+        await asyncio.to_thread(private_redis.stop)
         await asyncio.to_thread(drill.cluster.crash)
         for request_id in phases[2]:
             placed[request_id] = await drill.assign(request_id)
@@ -694,7 +684,7 @@ async def test_redis_outage_alone_and_with_the_database_delays_events_never_lose
                 what="readiness naming both",
             )
         await asyncio.sleep(max(0.0, outage_started + 1.5 - time.monotonic()))
-        await asyncio.to_thread(redis_server.start)
+        await asyncio.to_thread(private_redis.start)
         for client in http:
             await readiness_until(
                 client,
@@ -748,9 +738,9 @@ async def test_redis_outage_alone_and_with_the_database_delays_events_never_lose
 
 
 async def test_hung_redis_holds_no_request_and_loses_no_event(
-    drill: Drill, redis_server: PrivateRedis
+    drill: Drill, private_redis: PrivateRedis
 ) -> None:
-    process = drill.serve("api", redis_url=redis_server.url)
+    process = drill.serve("api", redis_url=private_redis.url)
     api = drill.api(process)
     setups = await create_setups(api, 3, "Hung bus")
     request_ids = [s["phoneLines"][0]["requestId"] for s in setups]
@@ -758,7 +748,7 @@ async def test_hung_redis_holds_no_request_and_loses_no_event(
     bound_s = REDIS_TIMEOUT_S + MARGIN_S
     placed: dict[str, str] = {}
     try:
-        redis_server.freeze()
+        private_redis.freeze()
         try:
             for request_id in request_ids[:2]:
                 placed[request_id] = await drill.assign(request_id)
@@ -779,7 +769,7 @@ async def test_hung_redis_holds_no_request_and_loses_no_event(
                 what="placements applied while Redis hangs",
             )
         finally:
-            redis_server.thaw()
+            private_redis.thaw()
         placed[request_ids[2]] = await drill.assign(request_ids[2])
         await eventually(
             lambda: all_assigned(drill, request_ids),
@@ -818,10 +808,10 @@ async def test_hung_redis_holds_no_request_and_loses_no_event(
 
 
 async def test_process_killed_mid_delivery_loses_and_repeats_nothing(
-    drill: Drill, redis_server: PrivateRedis
+    drill: Drill, private_redis: PrivateRedis
 ) -> None:
-    first = drill.serve("first", redis_url=redis_server.url)
-    second = drill.serve("second", redis_url=redis_server.url)
+    first = drill.serve("first", redis_url=private_redis.url)
+    second = drill.serve("second", redis_url=private_redis.url)
     api = drill.api(first)
     setups = await create_setups(api, 40, "Crash")
     request_ids = [s["phoneLines"][0]["requestId"] for s in setups]
@@ -844,7 +834,7 @@ async def test_process_killed_mid_delivery_loses_and_repeats_nothing(
         killed_at, killed_wall = time.monotonic(), time.time()
         for request_id in late:
             placed[request_id] = await drill.assign(request_id)
-        first = drill.serve("first", port=first.port, redis_url=redis_server.url)
+        first = drill.serve("first", port=first.port, redis_url=private_redis.url)
         restart_s = time.monotonic() - killed_at
         await eventually(
             lambda: all_assigned(drill, request_ids),

@@ -4,8 +4,7 @@ nothing else; a workspace it starts hearing sends its subscribers back to the lo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -13,15 +12,8 @@ import redis.asyncio as aioredis
 from blueline.events.bus import CHANNEL_PREFIX, RedisBus
 from blueline.events.hub import Hub, Signal, Subscriber
 from blueline.persistence.eventlog import LiveEvent
+from tests.support.events import live_event
 from tests.support.redis_server import PrivateRedis
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -60,18 +52,6 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
     raise AssertionError(f"never: {what}")
 
 
-def event(workspace_id: str, seq: int) -> LiveEvent:
-    return LiveEvent(
-        workspace_id=workspace_id,
-        seq=seq,
-        row_id=f"evt_{seq:026d}",
-        setup_id="ims_01HZZZZZZZZZZZZZZZZZZZZZZZ",
-        line_id=None,
-        change="LINE_ASSIGNED",
-        payload="{}",
-    )
-
-
 async def next_event(subscriber: Subscriber) -> LiveEvent:
     """The next event, past the resync signals a (re)subscription sends."""
     while True:
@@ -92,7 +72,7 @@ async def test_only_workspaces_with_subscribers_are_heard(
         assert await subscriber.get(2.0) is Signal.RESYNC
         assert await listeners(observer, "ws_a") == 1
         assert await listeners(observer, "ws_b") == 0
-        await publishing.publish_many([event("ws_b", 1), event("ws_a", 7)])
+        await publishing.publish_many([live_event(1, "ws_b"), live_event(7, "ws_a")])
         assert (await next_event(subscriber)).seq == 7
     await eventually(lambda: unheard(observer, "ws_a"), "the channel left with its last subscriber")
 
@@ -110,7 +90,7 @@ async def test_a_workspace_left_and_joined_again_at_once_stays_heard(
     async with listening.hub.subscribe("ws_a") as second:
         await asyncio.sleep(0.3)  # whatever the bus sends, it has sent
         assert await listeners(observer, "ws_a") == 1
-        await publishing.publish_many([event("ws_a", 3)])
+        await publishing.publish_many([live_event(3, "ws_a")])
         assert (await next_event(second)).seq == 3
 
 
@@ -136,8 +116,8 @@ async def test_a_reconnect_hears_every_workspace_again_and_resyncs_it(
                     assert await subscriber.get(10.0) is Signal.RESYNC
                 for ws in ("ws_a", "ws_b", "ws_c"):
                     assert await listeners(fresh, ws) == 1
-                await fresh.publish(CHANNEL_PREFIX + "ws_b", event("ws_b", 9).to_message())
-                await fresh.publish(CHANNEL_PREFIX + "ws_c", event("ws_c", 4).to_message())
+                await fresh.publish(CHANNEL_PREFIX + "ws_b", live_event(9, "ws_b").to_message())
+                await fresh.publish(CHANNEL_PREFIX + "ws_c", live_event(4, "ws_c").to_message())
                 assert (await next_event(b)).seq == 9
                 assert (await next_event(c)).seq == 4
             finally:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,14 +13,6 @@ from tests.integration.test_graphql_setups import create
 from tests.integration.test_subscriptions import UPDATES
 from tests.support.redis_server import PrivateRedis
 from tests.support.ws import graphql_ws
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

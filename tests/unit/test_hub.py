@@ -3,19 +3,7 @@
 from __future__ import annotations
 
 from blueline.events.hub import Hub, Signal
-from blueline.persistence.eventlog import LiveEvent
-
-
-def event(seq: int) -> LiveEvent:
-    return LiveEvent(
-        workspace_id="ws_a",
-        seq=seq,
-        row_id=f"evt_{seq}",
-        setup_id="ims_a",
-        line_id=None,
-        change="UPDATED",
-        payload="{}",
-    )
+from tests.support.events import live_event as event
 
 
 async def test_a_full_queue_ends_in_overflow_even_when_a_signal_took_the_last_slot() -> None:
